@@ -1,0 +1,18 @@
+"""Evaluate with LAVIS: ``python -m lavis_glscl.evaluate --cfg-path <yaml> [--options k=v ...]``.
+
+Evaluates the yaml's ``test_splits`` with the weights the model config loads (``pretrained``/``finetuned``).
+"""
+import sys
+
+import lavis_glscl  # noqa: F401
+from lavis_glscl.launch import build_runner, parse_args, report, setup
+
+
+def main(argv=None):
+    cfg = setup(parse_args("Evaluate a LAVIS model (GLSCL or any registered one).", argv))
+    runner = build_runner(cfg)
+    report(runner.evaluate(skip_reload=True))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Shared start-up of ``python -m lavis_glscl.train`` and ``python -m lavis_glscl.evaluate``.
+
+Same flags as LAVIS's repository-root ``train.py``/``evaluate.py`` (``--cfg-path``, ``--options k=v``),
+plus ``--cfg`` as an alias.  Works as one plain process and under ``torchrun`` (gloo on CPU, nccl on CUDA).
+"""
+import argparse
+import datetime
+import logging
+import os
+import random
+from typing import List, Optional
+
+import numpy as np
+import torch
+from lavis.common.config import Config
+from lavis.common.logger import setup_logger
+from lavis.common.registry import registry
+from omegaconf import OmegaConf
+
+from lavis_glscl import distributed
+from lavis_glscl.paths import run_config_path
+
+DEFAULT_RUNNER = "runner_glscl"
+
+
+def parse_args(description: str, argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cfg-path", "--cfg", dest="cfg_path", required=True, help="path to the run yaml")
+    parser.add_argument("--options", nargs="+", default=[],
+                        help="override run/model/datasets settings in the yaml, as key=value (dotted keys)")
+    return parser.parse_args(argv)
+
+
+class GlsclConfig(Config):
+    """LAVIS's ``Config``, but ``--options model.model_type=x`` also selects the default yaml of type x
+    (LAVIS 1.0.2 merges the option after having loaded the default of the yaml's type)."""
+
+    @staticmethod
+    def build_model_config(config, **kwargs):
+        model_type = OmegaConf.select(OmegaConf.create(kwargs), "model.model_type")
+        if model_type:
+            config = OmegaConf.merge(config, {"model": {"model_type": model_type}})
+        return Config.build_model_config(config)
+
+
+def _registered(mapping: str) -> dict:
+    return registry.mapping[mapping]
+
+
+def _unknown_name_error(kind: str, name: str, mapping: str, cfg_path: str) -> KeyError:
+    names = _registered(mapping)
+    ours = sorted(n for n, c in names.items() if getattr(c, "__module__", "").startswith("lavis_glscl"))
+    others = sorted(n for n in names if n not in ours)
+    return KeyError(f"unknown {kind} {name!r} in {cfg_path}. Registered by lavis_glscl: {', '.join(ours) or 'none'}; "
+                    f"by LAVIS: {', '.join(others) or 'none'}")
+
+
+def check_registered_names(cfg_path: str, options: List[str]) -> None:
+    """Fail at config time, with the registered names, on any unknown model, dataset, task, runner,
+    scheduler or processor name in the run yaml (LAVIS's registry lookups return None and fail later)."""
+    cfg = OmegaConf.merge(OmegaConf.load(cfg_path), OmegaConf.from_dotlist(list(options)))
+    run, model = cfg.get("run", {}), cfg.get("model", {})
+    checks = [("model arch", model.get("arch"), "model_name_mapping"),
+              ("task", run.get("task"), "task_name_mapping"),
+              ("runner", run.get("runner", DEFAULT_RUNNER), "runner_name_mapping")]
+    if run.get("lr_sched") is not None:
+        checks.append(("lr scheduler", run.get("lr_sched"), "lr_scheduler_name_mapping"))
+    for dataset_name, dataset_cfg in (cfg.get("datasets") or {}).items():
+        checks.append(("dataset", dataset_name, "builder_name_mapping"))
+        for processor_kind in ("vis_processor", "text_processor"):
+            for split_cfg in ((dataset_cfg or {}).get(processor_kind) or {}).values():
+                if split_cfg is not None and split_cfg.get("name") is not None:
+                    checks.append(("processor", split_cfg.get("name"), "processor_name_mapping"))
+    for kind, name, mapping in checks:
+        if name is None:
+            raise KeyError(f"{cfg_path} does not set a {kind}")
+        if name not in _registered(mapping):
+            raise _unknown_name_error(kind, name, mapping, cfg_path)
+
+
+def setup_seeds(seed: int) -> None:
+    seed = seed + distributed.world()[0]
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def new_job_id() -> str:
+    """A run directory name to the second, the same on every rank."""
+    return distributed.broadcast_object(datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
+
+
+def setup(args: argparse.Namespace) -> GlsclConfig:
+    """Check names, build the config, start the process group if launched by torchrun, seed, log."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    args.cfg_path = run_config_path(args.cfg_path)
+    check_registered_names(args.cfg_path, args.options)
+    cfg = GlsclConfig(args)
+    distributed.init_distributed(cfg.run_cfg)
+    setup_seeds(int(cfg.run_cfg.seed))
+    setup_logger()
+    cfg.pretty_print()
+    return cfg
+
+
+def build_runner(cfg: GlsclConfig):
+    """Task, datasets, model and runner as LAVIS's ``train.py`` builds them (runner default: ``runner_glscl``)."""
+    from lavis import tasks
+
+    task = tasks.setup_task(cfg)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg)
+    runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", DEFAULT_RUNNER))
+    return runner_cls(cfg=cfg, job_id=new_job_id(), task=task, model=model, datasets=datasets)
+
+
+def report(results: Optional[dict]) -> None:
+    """Print each evaluated split's metrics (rank 0)."""
+    if not results or distributed.world()[0] != 0:
+        return
+    for split, metrics in results.items():
+        if metrics:
+            print(f"== {split} ==")
+            for key, value in metrics.items():
+                print(f"{key:>12}: {value:.2f}" if isinstance(value, float) else f"{key:>12}: {value}")
+    logging.shutdown()

@@ -1,0 +1,504 @@
+"""GLSCL (Global and Local Semantic Completion Learning) as LAVIS models.
+
+Architecture (METER-style, as the released GLSCL code builds it): a CLIP-style ViT that encodes images as 1-frame
+videos, a Hugging Face BERT/RoBERTa text encoder, linear bridges, N text-side + N image-side
+co-attention layers, poolers, and the ITM / MLM / ITC heads.  Module names follow the released
+checkpoints (``vision_transformer``, ``text_transformer``, ``cross_modal_*``, ``mlm_score``, ...).
+
+Shapes: images ``[B, F, 3, H, W]`` (``[B, 3, H, W]`` is read as ``F = 1``); image tokens after the
+bridge ``[B, F + F * K, D]`` (frame CLS tokens first); text tokens ``[B, L, D]``.
+
+One training step composes the pure objectives of :mod:`lavis_glscl.models.objectives`:
+ITC + ITM + MLM + MGSC (passes P1: dropped image + full text, P2: full image + masked text) + MLTC
+(P3: mask-token image + full text).  Every unimodal pass is computed once per distinct input and shared
+by the objectives that use it (``share_unimodal_passes``); ``False`` recomputes it per use, as the
+released code does.  All random decisions come from :class:`StepRandomness`.
+"""
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from lavis.common.registry import registry
+from lavis.models.base_model import BaseModel
+from omegaconf import OmegaConf
+from torch import nn
+from transformers.modeling_outputs import ModelOutput
+
+from lavis_glscl.distributed import all_gather_no_grad, all_gather_with_grad, all_reduce_sum, world
+from lavis_glscl.models import objectives
+from lavis_glscl.models.co_attention import CoAttentionLayer, co_attention_config, extended_attention_mask
+from lavis_glscl.models.heads import ITMHead, MLMHead, Pooler, projection_head
+from lavis_glscl.models.masking import (StepRandomness, keep_patch_indices, mgsc_text_mask, mlm_mask,
+                                        patch_token_mask)
+from lavis_glscl.models.negatives import forbidden_negatives, hard_negatives, negative_rows, random_partners
+from lavis_glscl.models.retrieval import itm_rerank
+from lavis_glscl.models.text_encoder import build_text_encoder
+from lavis_glscl.models.vision_transformer import VisionTransformer
+from lavis_glscl.paths import config_path
+
+OBJECTIVES = ("itc", "itm", "mlm", "mgsc", "mltc")
+
+
+@dataclass
+class GlsclOutput(ModelOutput):
+    """Total loss and each objective's (unweighted) loss; MGSC and MLTC are split by modality."""
+
+    loss: Optional[torch.Tensor] = None
+    loss_itc: Optional[torch.Tensor] = None
+    loss_itm: Optional[torch.Tensor] = None
+    loss_mlm: Optional[torch.Tensor] = None
+    loss_mgsc_image: Optional[torch.Tensor] = None
+    loss_mgsc_text: Optional[torch.Tensor] = None
+    loss_mltc_image: Optional[torch.Tensor] = None
+    loss_mltc_text: Optional[torch.Tensor] = None
+
+
+class FusionOutput(NamedTuple):
+    text_feats: torch.Tensor  # [B, L, D]
+    image_feats: torch.Tensor  # [B, F + F * K, D]
+    cls_feats: torch.Tensor  # [B, 2D]: pooled text, pooled image
+    text_to_image_attentions: Optional[List[torch.Tensor]]  # per layer [B, heads, L, F + F * K]
+
+
+class TextBatch(NamedTuple):
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    maskable: torch.Tensor  # [B, L] bool: real, non-special tokens
+
+
+class UnimodalPasses:
+    """Encoder outputs of one step by input variant: computed once and shared, or recomputed per use."""
+
+    def __init__(self, share: bool):
+        self.share = share
+        self._cache: Dict[str, torch.Tensor] = {}
+
+    def get(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if not self.share:
+            return compute()
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+
+def as_frames(visual: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` images → ``[B, 1, 3, H, W]``; ``[B, F, 3, H, W]`` videos unchanged."""
+    if visual.dim() == 4:
+        return visual.unsqueeze(1)
+    if visual.dim() == 5:
+        return visual
+    raise ValueError(f"expected images [B, 3, H, W] or videos [B, F, 3, H, W], got {tuple(visual.shape)}")
+
+
+def visual_input(samples: dict) -> torch.Tensor:
+    """The batch's pixels as ``[B, F, 3, H, W]``, from ``samples['image']`` or ``samples['video']``."""
+    for key in ("image", "video"):
+        if key in samples:
+            return as_frames(samples[key])
+    raise KeyError(f"samples need an 'image' or 'video' entry, got keys {sorted(samples)}")
+
+
+class GlsclModel(BaseModel):
+    """Shared GLSCL architecture, objectives and retrieval scoring; registered subclasses set defaults."""
+
+    PRETRAINED_MODEL_CONFIG_DICT: Dict[str, str] = {}
+
+    def __init__(self, vision: dict, text: dict, fusion: dict, embed_dim: int = 512, itc_temperature: float = 0.07,
+                 loss_weights: Optional[dict] = None, itm_negatives: str = "random", mlm_probability: float = 0.15,
+                 mgsc_image_mask_ratio: float = 0.8, mgsc_text_mask_ratio: float = 0.4,
+                 mgsc_text_mask_with_replacement: bool = True, mgsc_temperature: float = 0.03,
+                 mltc_image_mask_ratio: float = 0.3, mltc_temperature: float = 0.03, mltc_image_gather: bool = False,
+                 mltc_on_video: bool = True, share_unimodal_passes: bool = True, mask_seed: int = 0,
+                 lr_scales: Optional[dict] = None, freeze: Optional[List[str]] = None):
+        super().__init__()
+        text = dict(text)
+        self.max_text_length = int(text.pop("max_length", 50))
+        self.vision_transformer = VisionTransformer(**vision)
+        self.text_transformer, self.tokenizer = build_text_encoder(**text)
+        hidden = fusion["hidden_size"]
+        fusion_config = co_attention_config(hidden, fusion["num_heads"], fusion["intermediate_size"],
+                                            fusion.get("dropout", 0.1))
+        fusion_config.vocab_size = len(self.tokenizer)
+        self.cross_modal_text_transform = nn.Linear(self.text_transformer.config.hidden_size, hidden)
+        self.cross_modal_image_transform = nn.Linear(self.vision_transformer.width, hidden)
+        self.token_type_embeddings = nn.Embedding(2, hidden)
+        self.cross_modal_text_layers = nn.ModuleList(
+            [CoAttentionLayer(fusion_config) for _ in range(fusion["num_layers"])])
+        self.cross_modal_image_layers = nn.ModuleList(
+            [CoAttentionLayer(fusion_config) for _ in range(fusion["num_layers"])])
+        self.cross_modal_text_pooler = Pooler(hidden)
+        self.cross_modal_image_pooler = Pooler(hidden)
+        self.itm_score = ITMHead(2 * hidden)
+        self.mlm_score = MLMHead(fusion_config)
+        self.vision_proj = projection_head(hidden, embed_dim)
+        self.language_proj = projection_head(hidden, embed_dim)
+        self.cl_temp = nn.Parameter(torch.tensor(float(itc_temperature)))
+        for module in (self.cross_modal_text_transform, self.cross_modal_image_transform, self.token_type_embeddings,
+                       self.cross_modal_text_layers, self.cross_modal_image_layers, self.cross_modal_text_pooler,
+                       self.cross_modal_image_pooler, self.itm_score, self.mlm_score, self.vision_proj,
+                       self.language_proj):
+            module.apply(self._init_bert_weights)
+
+        weights = {name: 0.0 for name in OBJECTIVES}
+        weights.update({name: float(value) for name, value in (loss_weights or {}).items()})
+        unknown = set(weights) - set(OBJECTIVES)
+        if unknown:
+            raise ValueError(f"unknown loss_weights {sorted(unknown)}; known objectives: {list(OBJECTIVES)}")
+        if itm_negatives not in ("random", "hard"):
+            raise ValueError(f"itm_negatives must be 'random' or 'hard', got {itm_negatives!r}")
+        self.loss_weights = weights
+        self.itm_negatives = itm_negatives
+        self.mlm_probability = mlm_probability
+        self.mgsc_image_keep_ratio = 1.0 - mgsc_image_mask_ratio
+        self.mgsc_text_mask_ratio = mgsc_text_mask_ratio
+        self.mgsc_text_mask_with_replacement = mgsc_text_mask_with_replacement
+        self.mgsc_temperature = mgsc_temperature
+        self.mltc_image_mask_ratio = mltc_image_mask_ratio
+        self.mltc_temperature = mltc_temperature
+        self.mltc_image_gather = mltc_image_gather
+        self.mltc_on_video = mltc_on_video
+        self.share_unimodal_passes = share_unimodal_passes
+        self.mask_seed = mask_seed
+        self.lr_scales = dict(lr_scales or {})
+        self._steps_without_schedule = 0
+        # The text pooler is never used (GLSCL pools in the fusion layers); frozen so DDP sees no unused grads.
+        for name, param in self.named_parameters():
+            if name.startswith("text_transformer.pooler.") or any(name.startswith(p) for p in (freeze or [])):
+                param.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.cl_temp.device
+
+    @staticmethod
+    def _init_bert_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        if isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+    # ------------------------------------------------------------------ encoders and fusion
+    def tokenize(self, captions: List[str]) -> TextBatch:
+        encoded = self.tokenizer(list(captions), padding="longest", truncation=True, max_length=self.max_text_length,
+                                 return_special_tokens_mask=True, return_tensors="pt").to(self.device)
+        maskable = encoded.attention_mask.bool() & ~encoded.special_tokens_mask.bool()
+        return TextBatch(encoded.input_ids, encoded.attention_mask, maskable)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Unimodal text tokens after the bridge: ``[B, L]`` ids → ``[B, L, D]``."""
+        hidden = self.text_transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.cross_modal_text_transform(hidden)
+
+    def encode_image(self, images: torch.Tensor, keep_indices: Optional[torch.Tensor] = None,
+                     token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Unimodal image tokens after the bridge: ``[B, F, 3, H, W]`` → ``[B, F + F * K, D]``."""
+        return self.cross_modal_image_transform(self.vision_transformer(images, keep_indices, token_mask))
+
+    def image_embedding(self, image_tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """ITC embedding ``[B, E]`` from the mean of the unimodal frame CLS tokens."""
+        return self.vision_proj(image_tokens[:, :num_frames].mean(dim=1))
+
+    def text_embedding(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        """ITC embedding ``[B, E]`` from the unimodal text CLS token."""
+        return self.language_proj(text_tokens[:, 0])
+
+    def fuse(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor, num_frames: int,
+             output_attentions: bool = False) -> FusionOutput:
+        """Co-attention over ``text_tokens`` ``[B, L, D]`` (padding ``text_mask`` ``[B, L]``) and ``image_tokens``."""
+        text = text_tokens + self.token_type_embeddings(torch.zeros_like(text_mask))
+        image_mask = torch.ones(image_tokens.shape[:2], dtype=text_mask.dtype, device=text_mask.device)
+        image = image_tokens + self.token_type_embeddings(image_mask)
+        text_extended = extended_attention_mask(text_mask, text.dtype)
+        image_extended = extended_attention_mask(image_mask, image.dtype)
+        attentions = [] if output_attentions else None
+        for text_layer, image_layer in zip(self.cross_modal_text_layers, self.cross_modal_image_layers):
+            new_text, attention = text_layer.co_attend(text, image, text_extended, image_extended, output_attentions)
+            image, _ = image_layer.co_attend(image, text, image_extended, text_extended)
+            text = new_text
+            if output_attentions:
+                attentions.append(attention)
+        cls_feats = torch.cat([self.cross_modal_text_pooler(text), self.cross_modal_image_pooler(image, num_frames)],
+                              dim=-1)
+        return FusionOutput(text, image, cls_feats, attentions)
+
+    # ------------------------------------------------------------------ training step
+    def forward(self, samples: dict) -> GlsclOutput:
+        """``samples``: ``image`` ``[B, 3, H, W]`` or ``video`` ``[B, F, 3, H, W]``, ``text_input`` (list of str),
+        optionally ``image_id`` ``[B]`` (negatives never share it) and the runner's ``epoch``/``iters``."""
+        images = visual_input(samples)
+        batch, frames = images.shape[:2]
+        text = self.tokenize(samples["text_input"])
+        if text.input_ids.shape[0] != batch:
+            raise ValueError(f"{text.input_ids.shape[0]} captions for {batch} images")
+        rng = self._step_randomness(samples, batch)
+        noise = self._draw_noise(rng)
+        passes = UnimodalPasses(self.share_unimodal_passes)
+        weights = self.loss_weights
+        losses: Dict[str, torch.Tensor] = {}
+
+        def image_full():
+            return passes.get("image_full", lambda: self.encode_image(images))
+
+        def text_full():
+            return passes.get("text_full", lambda: self.encode_text(text.input_ids, text.attention_mask))
+
+        if weights["itc"] or (weights["itm"] and self.itm_negatives == "hard"):
+            image_embeds = self.image_embedding(image_full(), frames)
+            text_embeds = self.text_embedding(text_full())
+            if weights["itc"]:
+                losses["itc"] = objectives.itc_loss(image_embeds, text_embeds, self.cl_temp, all_gather_with_grad)
+        if weights["itm"]:
+            losses["itm"] = self._itm_loss(samples, images, text, image_full, text_full, noise, rng,
+                                           (image_embeds, text_embeds) if self.itm_negatives == "hard" else None)
+        if weights["mlm"]:
+            losses["mlm"] = self._mlm_loss(text, image_full, frames, noise, passes)
+        if weights["mgsc"] or weights["mltc"]:
+            losses.update(self._completion_losses(images, text, image_full, text_full, noise, passes))
+        return self._total(losses)
+
+    def _step_randomness(self, samples: dict, batch: int) -> StepRandomness:
+        if "iters" in samples:
+            epoch, iteration = int(samples.get("epoch", 0)), int(samples["iters"])
+        else:
+            epoch, iteration = -1, self._steps_without_schedule
+            self._steps_without_schedule += 1
+        rank, world_size = world()
+        return StepRandomness(self.mask_seed, epoch, iteration, batch, rank, world_size)
+
+    def _draw_noise(self, rng: StepRandomness) -> Dict[str, torch.Tensor]:
+        """Every random number of a step, always drawn in this order whichever objectives are on."""
+        num_patches, length = self.vision_transformer.num_patches, self.max_text_length
+        return {
+            "itm_negative": negative_rows(rng.global_uniform()),
+            "itm_partner": rng.uniform(rng.global_batch_size),
+            "itm_hard_image": rng.uniform(),
+            "itm_hard_text": rng.uniform(),
+            "mlm_select": rng.uniform(length),
+            "mlm_action": rng.uniform(length),
+            "mlm_random_ids": rng.integers(len(self.tokenizer), length),
+            "mgsc_image": rng.uniform(num_patches),
+            "mgsc_text": rng.uniform(length),
+            "mltc_image": rng.uniform(num_patches),
+        }
+
+    def _noise(self, noise: Dict[str, torch.Tensor], key: str, length: Optional[int] = None) -> torch.Tensor:
+        value = noise[key] if length is None else noise[key][:, :length]
+        return value.to(self.device)
+
+    def _total(self, losses: Dict[str, torch.Tensor]) -> GlsclOutput:
+        total = sum(self.loss_weights[name.split("_")[0]] * loss for name, loss in losses.items())
+        return GlsclOutput(loss=total, **{f"loss_{name}": loss for name, loss in losses.items()})
+
+    def _itm_loss(self, samples, images, text: TextBatch, image_full, text_full, noise, rng: StepRandomness,
+                  itc_embeds) -> torch.Tensor:
+        """ITM with negatives from the global batch: random (half the rows, as the released code) or hard."""
+        frames = images.shape[1]
+        batch = images.shape[0]
+        ids = samples.get("image_id")
+        row_ids = ids.to(self.device) if torch.is_tensor(ids) else None
+        forbidden = forbidden_negatives(rng.row_offset, batch, rng.global_batch_size, row_ids,
+                                        all_gather_no_grad(row_ids) if row_ids is not None else None, self.device)
+        if self.itm_negatives == "random":
+            negative = rng.local_rows(noise["itm_negative"]).to(self.device)
+            partners = random_partners(self._noise(noise, "itm_partner"), forbidden)
+            image_tokens = self._tokens_with_partner_images(images, image_full, partners, negative)
+            fusion = self.fuse(text_full(), text.attention_mask, image_tokens, frames)
+            return objectives.itm_loss(self.itm_score(fusion.cls_feats), (~negative).long())
+        image_embeds, text_embeds = itc_embeds
+        with torch.no_grad():
+            all_image_embeds = all_gather_no_grad(F.normalize(image_embeds, dim=-1))
+            all_text_embeds = all_gather_no_grad(F.normalize(text_embeds, dim=-1))
+            text_to_image = F.normalize(text_embeds, dim=-1) @ all_image_embeds.t() / self.cl_temp
+            image_to_text = F.normalize(image_embeds, dim=-1) @ all_text_embeds.t() / self.cl_temp
+            hard_images = hard_negatives(text_to_image, forbidden, self._noise(noise, "itm_hard_image"))
+            hard_texts = hard_negatives(image_to_text, forbidden, self._noise(noise, "itm_hard_text"))
+        own_images, own_text = image_full(), text_full()
+        all_negative = torch.ones(batch, dtype=torch.bool, device=self.device)
+        negative_images = self._tokens_with_partner_images(images, lambda: own_images, hard_images, all_negative)
+        all_text_tokens = all_gather_with_grad(own_text, pad_dim=1)
+        all_text_mask = all_gather_no_grad(text.attention_mask, pad_dim=1)
+        padding = all_text_mask.shape[1] - text.attention_mask.shape[1]
+        own_text, own_mask = F.pad(own_text, (0, 0, 0, padding)), F.pad(text.attention_mask, (0, padding))
+        text_tokens = torch.cat([own_text, own_text, all_text_tokens[hard_texts]])
+        text_mask = torch.cat([own_mask, own_mask, all_text_mask[hard_texts]])
+        image_tokens = torch.cat([own_images, negative_images, own_images])
+        fusion = self.fuse(text_tokens, text_mask, image_tokens, frames)
+        labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(self.device)
+        return objectives.itm_loss(self.itm_score(fusion.cls_feats), labels)
+
+    def _tokens_with_partner_images(self, images, image_full, partners: torch.Tensor, negative: torch.Tensor):
+        """Image tokens where ``negative`` rows show the global-batch image ``partners`` instead of their own."""
+        if self.share_unimodal_passes:
+            partner_tokens = all_gather_with_grad(image_full())[partners]
+            return torch.where(negative[:, None, None], partner_tokens, image_full())
+        partner_images = all_gather_no_grad(images)[partners]
+        return self.encode_image(torch.where(negative[:, None, None, None, None], partner_images, images))
+
+    def _mlm_loss(self, text: TextBatch, image_full, frames: int, noise, passes: UnimodalPasses) -> torch.Tensor:
+        length = text.input_ids.shape[1]
+        masked_ids, labels = mlm_mask(text.input_ids, text.maskable, self._noise(noise, "mlm_select", length),
+                                      self._noise(noise, "mlm_action", length),
+                                      self._noise(noise, "mlm_random_ids", length), self.tokenizer.mask_token_id,
+                                      self.mlm_probability)
+        text_tokens = passes.get("text_mlm", lambda: self.encode_text(masked_ids, text.attention_mask))
+        fusion = self.fuse(text_tokens, text.attention_mask, image_full(), frames)
+        selected = labels != -100
+        global_count = all_reduce_sum(selected.sum().float().detach())
+        normalizer = (global_count / world()[1]).clamp(min=1.0 / world()[1])
+        return objectives.mlm_loss(self.mlm_score(fusion.text_feats[selected]), labels[selected], normalizer)
+
+    def _completion_losses(self, images, text: TextBatch, image_full, text_full, noise,
+                           passes: UnimodalPasses) -> Dict[str, torch.Tensor]:
+        """MGSC and MLTC from the passes P1 (dropped image, full text), P2 (full image, masked text) and
+        P3 (mask-token image, full text); each target comes from the pass where its modality is unmasked."""
+        frames = images.shape[1]
+        keep = keep_patch_indices(self._noise(noise, "mgsc_image"), self.mgsc_image_keep_ratio)
+        text_mask = mgsc_text_mask(text.maskable, self._noise(noise, "mgsc_text"), self.mgsc_text_mask_ratio,
+                                   self.mgsc_text_mask_with_replacement)
+        masked_ids = text.input_ids.masked_fill(text_mask, self.tokenizer.mask_token_id)
+        image_dropped = passes.get("image_dropped", lambda: self.encode_image(images, keep_indices=keep))
+        text_masked = passes.get("text_mgsc", lambda: self.encode_text(masked_ids, text.attention_mask))
+        p1 = self.fuse(text_full(), text.attention_mask, image_dropped, frames)
+        p2 = self.fuse(text_masked, text.attention_mask, image_full(), frames)
+        losses = {}
+        if self.loss_weights["mgsc"]:
+            losses["mgsc_image"] = torch.stack([
+                objectives.mgsc_loss(p1.image_feats[:, f], p2.image_feats[:, f], self.mgsc_temperature,
+                                     all_gather_with_grad) for f in range(frames)]).mean()
+            losses["mgsc_text"] = objectives.mgsc_loss(p2.text_feats[:, 0], p1.text_feats[:, 0], self.mgsc_temperature,
+                                                       all_gather_with_grad)
+        if self.loss_weights["mltc"]:
+            ragged_gather = lambda rows: all_gather_with_grad(rows, pad_dim=0)  # noqa: E731
+            losses["mltc_text"] = objectives.mltc_loss(p2.text_feats, p1.text_feats, text_mask, self.mltc_temperature,
+                                                       ragged_gather)
+            if frames == 1 or self.mltc_on_video:
+                token_mask = patch_token_mask(self._noise(noise, "mltc_image"), self.mltc_image_mask_ratio)
+                image_masked = passes.get("image_token_masked", lambda: self.encode_image(images, token_mask=token_mask))
+                p3 = self.fuse(text_full(), text.attention_mask, image_masked, frames)
+                cls_slots = torch.zeros(images.shape[0], frames, dtype=torch.bool, device=self.device)
+                positions = torch.cat([cls_slots, token_mask.repeat(1, frames)], dim=1)
+                losses["mltc_image"] = objectives.mltc_loss(p3.image_feats, p2.image_feats, positions,
+                                                            self.mltc_temperature,
+                                                            ragged_gather if self.mltc_image_gather else None)
+        return losses
+
+    # ------------------------------------------------------------------ retrieval
+    @torch.no_grad()
+    def compute_sim_matrix(self, data_loader, task_cfg):
+        """Image-text score matrices for LAVIS's ``retrieval`` task: ITC similarity for every pair, then each
+        query's top-``k_test`` re-ranked by the ITM match logit (plus the similarity, as LAVIS's evaluators do).
+
+        Returns numpy ``(scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img])``.  Every rank must see the whole
+        gallery (``use_dist_eval_sampler: False``); query rows are split across ranks and summed.
+        """
+        k_test = int(task_cfg.get("k_test", 128))
+        pairs_per_batch = int(task_cfg.get("itm_pairs_per_batch", 256))
+        add_sims = bool(task_cfg.get("rerank_add_itc", True))
+        dataset = data_loader.dataset
+        text_tokens, text_masks, text_embeds = self._encode_gallery_texts(dataset.text)
+        image_tokens, image_embeds, frames = [], [], 1
+        for samples in data_loader:
+            images = visual_input(samples).to(self.device)
+            frames = images.shape[1]
+            tokens = self.encode_image(images)
+            image_tokens.append(tokens.cpu())
+            image_embeds.append(F.normalize(self.image_embedding(tokens, frames), dim=-1))
+        image_tokens, image_embeds = torch.cat(image_tokens), torch.cat(image_embeds)
+        if image_embeds.shape[0] != len(dataset):
+            raise RuntimeError(f"the evaluation loader yielded {image_embeds.shape[0]} of {len(dataset)} gallery items; "
+                               f"retrieval needs the whole gallery on every rank: set run.use_dist_eval_sampler: False")
+        sims = image_embeds @ text_embeds.t()
+
+        def itm_scores(image_idx, text_idx):
+            fusion = self.fuse(text_tokens[text_idx].to(self.device), text_masks[text_idx].to(self.device),
+                               image_tokens[image_idx].to(self.device), frames)
+            return self.itm_score(fusion.cls_feats)[:, 1]
+
+        scores_i2t = itm_rerank(sims, k_test, itm_scores, pairs_per_batch, add_sims, progress="i2t ITM re-rank")
+        scores_t2i = itm_rerank(sims.t().contiguous(), k_test, lambda t, i: itm_scores(i, t), pairs_per_batch,
+                                add_sims, progress="t2i ITM re-rank")
+        return (all_reduce_sum(scores_i2t).float().cpu().numpy(), all_reduce_sum(scores_t2i).float().cpu().numpy())
+
+    def _encode_gallery_texts(self, captions: List[str], chunk: int = 256):
+        tokens, masks, embeds = [], [], []
+        for start in range(0, len(captions), chunk):
+            text = self.tokenize(captions[start:start + chunk])
+            encoded = self.encode_text(text.input_ids, text.attention_mask)
+            tokens.append(encoded.cpu())
+            masks.append(text.attention_mask.cpu())
+            embeds.append(F.normalize(self.text_embedding(encoded), dim=-1))
+        length = max(t.shape[1] for t in tokens)
+        tokens = torch.cat([F.pad(t, (0, 0, 0, length - t.shape[1])) for t in tokens])
+        masks = torch.cat([F.pad(m, (0, length - m.shape[1])) for m in masks])
+        return tokens, masks, torch.cat(embeds)
+
+    # ------------------------------------------------------------------ optimisation and construction
+    def lr_scale_of(self, name: str) -> float:
+        """LR multiplier of a parameter: the longest matching prefix in ``lr_scales``, else 1."""
+        matches = [prefix for prefix in self.lr_scales if name.startswith(prefix)]
+        return float(self.lr_scales[max(matches, key=len)]) if matches else 1.0
+
+    def get_optimizer_params(self, weight_decay: float, lr_scale: float = 1.0) -> List[dict]:
+        """AdamW parameter groups by (LR multiplier, weight decay); no decay on biases, norms and scalars."""
+        groups: Dict[tuple, dict] = {}
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            decay = 0.0 if param.ndim < 2 or name.endswith(".bias") else float(weight_decay)
+            scale = lr_scale * self.lr_scale_of(name)
+            group = groups.setdefault((scale, decay), {"params": [], "weight_decay": decay, "lr_scale": scale})
+            group["params"].append(param)
+        return list(groups.values())
+
+    @classmethod
+    def default_config_path(cls, model_type):
+        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
+            raise KeyError(f"unknown model_type {model_type!r} for {cls.__name__}; "
+                           f"known: {sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)}")
+        return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
+
+    @classmethod
+    def from_config(cls, cfg):
+        cfg = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
+        options = OmegaConf.to_container(cfg, resolve=True)
+        checkpoint = {key: options.pop(key, None) for key in ("pretrained", "finetuned", "load_finetuned")}
+        for key in ("arch", "model_type", "load_pretrained"):
+            options.pop(key, None)
+        model = cls(**options)
+        path = checkpoint["finetuned"] if checkpoint["load_finetuned"] else checkpoint["pretrained"]
+        if path:
+            model.load_checkpoint(path)
+        return model
+
+    def load_checkpoint(self, url_or_filename):
+        message = super().load_checkpoint(url_or_filename)
+        if message.unexpected_keys:
+            logging.info("Unused checkpoint keys: %s", message.unexpected_keys)
+        return message
+
+
+@registry.register_model("glscl_pretrain")
+class GlsclPretrain(GlsclModel):
+    """GLSCL pre-training: ITC + ITM + MLM + MGSC + MLTC."""
+
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "base": config_path("models/glscl/pretrain_base.yaml"),
+        "demo": config_path("models/glscl/pretrain_demo.yaml"),
+        "tiny": config_path("models/glscl/pretrain_tiny.yaml"),
+    }
+
+
+@registry.register_model("glscl_retrieval")
+class GlsclRetrieval(GlsclModel):
+    """GLSCL for image/video-text retrieval: ITC + ITM fine-tuning; ITC shortlist + ITM re-rank at test time."""
+
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "base": config_path("models/glscl/retrieval_base.yaml"),
+        "demo": config_path("models/glscl/retrieval_demo.yaml"),
+        "tiny": config_path("models/glscl/retrieval_tiny.yaml"),
+    }

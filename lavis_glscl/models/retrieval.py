@@ -1,0 +1,43 @@
+"""Retrieval scoring: an ITC shortlist re-ranked by a cross-encoder, batched across queries."""
+from typing import Callable, Tuple
+
+import torch
+from tqdm import tqdm
+
+from lavis_glscl.distributed import rank_row_range, world
+
+PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def itm_rerank(sims: torch.Tensor, k: int, score_pairs: PairScorer, pairs_per_batch: int = 256,
+               add_sims: bool = True, rows: Tuple[int, int] = None, progress: str = "") -> torch.Tensor:
+    """Re-rank each query's top-``k`` gallery items (by ``sims`` ``[Q, G]``) with ``score_pairs``.
+
+    ``score_pairs(query_idx [P], gallery_idx [P]) -> [P]`` scores pairs; pairs of several queries are
+    scored together in batches of ``pairs_per_batch``.  A shortlisted item's score is the pair score
+    (plus its similarity with ``add_sims``, as LAVIS's ALBEF/BLIP evaluators do); every other item keeps
+    its similarity order strictly below the row's shortlist.  Only ``rows = (start, end)`` are scored
+    (default: this rank's share); other rows are zero, so summing the ranks' matrices gives the full one.
+    """
+    num_queries, num_gallery = sims.shape
+    k = min(k, num_gallery)
+    start, end = rank_row_range(num_queries) if rows is None else rows
+    scores = torch.zeros_like(sims)
+    if end <= start:
+        return scores
+    own = sims[start:end]
+    top_sims, top_idx = own.topk(k, dim=1)
+    query_idx = torch.arange(start, end, device=sims.device).repeat_interleave(k)
+    gallery_idx = top_idx.flatten()
+    pair_scores = []
+    chunks = range(0, query_idx.numel(), pairs_per_batch)
+    for begin in tqdm(chunks, desc=progress or "ITM re-rank", disable=world()[0] != 0 or not progress):
+        pair_scores.append(score_pairs(query_idx[begin:begin + pairs_per_batch],
+                                       gallery_idx[begin:begin + pairs_per_batch]).to(sims.dtype))
+    shortlist = torch.cat(pair_scores).view(end - start, k)
+    if add_sims:
+        shortlist = shortlist + top_sims
+    floor = shortlist.min(dim=1, keepdim=True).values - 1.0
+    below = own - own.max(dim=1, keepdim=True).values + floor
+    scores[start:end] = below.scatter(1, top_idx, shortlist)
+    return scores

@@ -1,0 +1,367 @@
+"""``runner_glscl``: LAVIS's epoch runner with its CPU, distributed and checkpoint gaps closed.
+
+Differences from ``RunnerBase`` (LAVIS 1.0.2):
+
+- the model property always moves/wraps the model (LAVIS leaves ``runner.model`` as None on CPU), and
+  DDP works on CPU (gloo) as well as CUDA;
+- plain ``DataLoader``s (LAVIS's ``PrefetchLoader`` needs CUDA); training batches come from
+  :class:`~lavis_glscl.datasets.loaders.TrainBatches`, so ``train_dataset_ratios`` really mixes datasets
+  and global batches do not depend on the world size;
+- AdamW groups carry ``lr_scale`` (``model.get_optimizer_params``) and the scheduler gets
+  ``iters_per_epoch``, so step-level schedules such as ``glscl_warmup_linear`` work;
+- every ``loss*`` entry of the model output is logged; a step whose loss is NaN/inf on any rank is
+  skipped on all ranks and counted, as are samples the datasets skipped;
+- checkpoints hold everything needed to resume exactly (model incl. frozen weights, optimizer, scaler,
+  epoch, iteration, every rank's RNG state, best metric), are written atomically and never with
+  non-finite weights; ``resume_ckpt_path`` resumes at an epoch end or mid-epoch (``save_freq_iters``);
+- no unconditional barrier, and a relative ``output_dir`` is relative to the working directory.
+"""
+import datetime
+import logging
+import os
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+from lavis.common.dist_utils import is_main_process
+from lavis.common.registry import registry
+from lavis.datasets.data_utils import prepare_sample, reorg_datasets_by_split
+from lavis.runners.runner_base import RunnerBase
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from lavis_glscl import distributed
+from lavis_glscl.datasets.loaders import TrainBatches
+from lavis_glscl.optims import default_param_groups
+
+
+def rng_state() -> dict:
+    """This process's Python, NumPy and torch RNG states as plain lists (picklable across ranks, and loadable
+    with ``torch.load(weights_only=True)``)."""
+    numpy_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    python_state = state["python"]
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+@registry.register_runner("runner_glscl")
+class RunnerGlscl(RunnerBase):
+    """See the module docstring.  Extra run options: ``amp_dtype`` (float16|bfloat16), ``warmup_ratio``,
+    ``iters_per_epoch``, ``save_freq_iters``, ``keep_last_checkpoints``, ``find_unused_parameters``,
+    ``adam_eps``."""
+
+    def __init__(self, cfg, task, model, datasets, job_id):
+        super().__init__(cfg, task, model, datasets, job_id)
+        self.best = {"agg_metrics": 0.0, "epoch": 0, "saved": False}
+        self.test_results = None
+
+    # ------------------------------------------------------------------ setup
+    def setup_output_dir(self):
+        output_dir = Path(self.config.run_cfg.output_dir).expanduser().resolve() / self.job_id
+        result_dir = output_dir / "result"
+        result_dir.mkdir(parents=True, exist_ok=True)
+        for name, path in (("result_dir", result_dir), ("output_dir", output_dir)):
+            registry.mapping["paths"][name] = str(path)
+        self.result_dir, self.output_dir = result_dir, output_dir
+
+    @property
+    def model(self):
+        if self._wrapped_model is None:
+            self._model = self._model.to(self.device)
+            if self.use_distributed:
+                device_ids = [self.config.run_cfg.gpu] if self.cuda_enabled else None
+                self._wrapped_model = DistributedDataParallel(
+                    self._model, device_ids=device_ids,
+                    find_unused_parameters=bool(self.config.run_cfg.get("find_unused_parameters", False)))
+            else:
+                self._wrapped_model = self._model
+        return self._wrapped_model
+
+    @property
+    def optimizer(self):
+        if self._optimizer is None:
+            run_cfg = self.config.run_cfg
+            model = self.unwrap_dist_model(self.model)
+            weight_decay = float(run_cfg.weight_decay)
+            groups = (model.get_optimizer_params(weight_decay) if hasattr(model, "get_optimizer_params")
+                      else default_param_groups(model, weight_decay))
+            logging.info("number of trainable parameters: %d", sum(p.numel() for g in groups for p in g["params"]))
+            self._optimizer = torch.optim.AdamW(groups, lr=self.init_lr, weight_decay=weight_decay,
+                                                betas=(0.9, float(run_cfg.get("beta2", 0.999))),
+                                                eps=float(run_cfg.get("adam_eps", 1e-8)))
+        return self._optimizer
+
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        return {"float16": torch.float16, "bfloat16": torch.bfloat16}[self.config.run_cfg.get("amp_dtype", "float16")]
+
+    @property
+    def use_amp(self) -> bool:
+        return bool(self.config.run_cfg.get("amp", False))
+
+    @property
+    def scaler(self):
+        if self._scaler is None and self.use_amp and self.amp_dtype == torch.float16 and self.cuda_enabled:
+            self._scaler = torch.amp.GradScaler("cuda")
+        return self._scaler
+
+    @property
+    def lr_scheduler(self):
+        if self._lr_sched is None:
+            run_cfg = self.config.run_cfg
+            scheduler_cls = registry.get_lr_scheduler_class(run_cfg.lr_sched)
+            self._lr_sched = scheduler_cls(
+                optimizer=self.optimizer, max_epoch=self.max_epoch, min_lr=self.min_lr, init_lr=self.init_lr,
+                decay_rate=run_cfg.get("lr_decay_rate", None), warmup_start_lr=run_cfg.get("warmup_lr", -1),
+                warmup_steps=run_cfg.get("warmup_steps", 0), warmup_ratio=run_cfg.get("warmup_ratio", 0.1),
+                iters_per_epoch=len(self.train_loader))
+        return self._lr_sched
+
+    @property
+    def dataloaders(self) -> dict:
+        if self._dataloaders is None:
+            run_cfg = self.config.run_cfg
+            rank, world_size = distributed.world()
+            by_split = reorg_datasets_by_split(self.datasets)
+            self.datasets, self._dataloaders = {}, {}
+            for split, datasets in sorted(by_split.items()):
+                if split in self.train_splits:
+                    self.datasets[split] = datasets
+                    self._dataloaders[split] = TrainBatches(
+                        datasets, int(run_cfg.batch_size_train), rank, world_size, int(run_cfg.seed),
+                        run_cfg.get("train_dataset_ratios", None), run_cfg.get("iters_per_epoch", None),
+                        int(run_cfg.num_workers), pin_memory=self.cuda_enabled)
+                    continue
+                if len(datasets) != 1:
+                    raise ValueError(f"split {split!r} has {len(datasets)} datasets; evaluation needs exactly one")
+                dataset = self.datasets[split] = datasets[0]
+                sampler = (DistributedSampler(dataset, shuffle=False)
+                           if self.use_distributed and self.use_dist_eval_sampler else None)
+                self._dataloaders[split] = DataLoader(
+                    dataset, batch_size=int(run_cfg.batch_size_eval), sampler=sampler, shuffle=False,
+                    num_workers=int(run_cfg.num_workers), pin_memory=self.cuda_enabled,
+                    collate_fn=getattr(dataset, "collater", None))
+        return self._dataloaders
+
+    # ------------------------------------------------------------------ training
+    def train(self):
+        start_time = time.time()
+        self.log_config()
+        start_epoch, start_iter = 0, 0
+        if not self.evaluate_only and self.resume_ckpt_path:
+            start_epoch, start_iter = self._load_checkpoint(self.resume_ckpt_path)
+        last_epoch = start_epoch
+        for epoch in range(start_epoch, self.max_epoch):
+            last_epoch = epoch
+            if not self.evaluate_only:
+                self.log_stats(self.train_epoch(epoch, start_iter), "train")
+                start_iter = 0
+            for split_name in self.valid_splits:
+                self._validate(split_name, epoch)
+            if not self.evaluate_only:
+                self._save_checkpoint(epoch)
+            if self.evaluate_only:
+                break
+            distributed.barrier()
+        self.test_results = self.evaluate(cur_epoch="best" if self.best["saved"] else last_epoch,
+                                          skip_reload=self.evaluate_only)
+        logging.info("Training time %s", datetime.timedelta(seconds=int(time.time() - start_time)))
+
+    def _validate(self, split_name: str, epoch: int) -> None:
+        logging.info("Evaluating on %s.", split_name)
+        val_log = self.eval_epoch(split_name=split_name, cur_epoch=epoch)
+        if val_log is None or not is_main_process():
+            return
+        if "agg_metrics" not in val_log:
+            raise KeyError(f"the task's evaluation of {split_name!r} returned no 'agg_metrics'")
+        if val_log["agg_metrics"] > self.best["agg_metrics"] and split_name == "val":
+            self.best.update(agg_metrics=val_log["agg_metrics"], epoch=epoch, saved=True)
+            self._save_checkpoint(epoch, is_best=True)
+        self.log_stats({**val_log, "best_epoch": self.best["epoch"]}, split_name)
+
+    def train_epoch(self, epoch: int, start_iter: int = 0) -> Dict[str, float]:
+        """One epoch (from ``start_iter`` when resuming); returns the epoch's mean losses and skip counts."""
+        model = self.model
+        model.train()
+        run_cfg = self.config.run_cfg
+        loader = self.train_loader
+        iters = len(loader)
+        accum = self.accum_grad_iters
+        save_freq = int(run_cfg.get("save_freq_iters", 0) or 0)
+        sums: Dict[str, float] = defaultdict(float)
+        counts = {"steps": 0, "skipped_samples": 0, "nonfinite_steps": 0}
+        tick = time.time()
+        logging.info("Start training epoch %d, %d iters per epoch.", epoch, iters)
+        for step, samples in enumerate(loader.epoch(epoch, start_iter), start=start_iter):
+            skipped = samples.pop("num_skipped", None)
+            if torch.is_tensor(skipped):
+                counts["skipped_samples"] += int(skipped.sum())
+            samples = prepare_sample(samples, cuda_enabled=self.cuda_enabled)
+            samples.update({"epoch": epoch, "num_iters_per_epoch": iters, "iters": step})
+            self.lr_scheduler.step(cur_epoch=epoch, cur_step=step)
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                output = model(samples)
+            loss = output["loss"] / accum
+            if not self._finite_on_all_ranks(loss):
+                counts["nonfinite_steps"] += 1
+                logging.warning("epoch %d step %d: non-finite loss, step skipped on every rank", epoch, step)
+                self.optimizer.zero_grad(set_to_none=True)
+                continue
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            if (step + 1) % accum == 0:
+                if self.scaler is not None:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            counts["steps"] += 1
+            for key, value in output.items():
+                if key.startswith("loss") and torch.is_tensor(value):
+                    sums[key] += float(value.detach())
+            if step % self.log_freq == 0 or step == iters - 1:
+                self._log_step(epoch, step, iters, output, (time.time() - tick) / (step - start_iter + 1))
+            if save_freq and (step + 1) % save_freq == 0 and step + 1 < iters:
+                self._save_checkpoint(epoch, iteration=step + 1)
+        return self._epoch_stats(sums, counts)
+
+    @torch.no_grad()
+    def eval_epoch(self, split_name, cur_epoch, skip_reload=False):
+        """LAVIS's evaluation of one split, with the batches kept on the CPU when there is no CUDA device."""
+        data_loader = self.dataloaders.get(split_name)
+        if data_loader is None:
+            raise KeyError(f"no data loader for split {split_name!r}; built splits: {sorted(self.dataloaders)}")
+        model = self.unwrap_dist_model(self.model)
+        if not skip_reload and cur_epoch == "best":
+            model = self._reload_best_model(model)
+        model.eval()
+        self.task.before_evaluation(model=model, dataset=self.datasets[split_name])
+        results = self.task.evaluation(model, data_loader, cuda_enabled=self.cuda_enabled)
+        if results is not None:
+            return self.task.after_evaluation(val_result=results, split_name=split_name, epoch=cur_epoch)
+        return None
+
+    def _log_step(self, epoch: int, step: int, iters: int, output, seconds_per_step: float) -> None:
+        """Log the step's losses averaged over ranks, to the console and as a ``train_step`` record in log.txt."""
+        keys = sorted(k for k, v in output.items() if k.startswith("loss") and torch.is_tensor(v))
+        values = torch.stack([output[k].detach().float() for k in keys]).to(torch.float64)
+        values = (distributed.all_reduce_sum(values) / distributed.world()[1]).tolist()
+        losses = dict(zip(keys, values))
+        lr = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
+        logging.info("Train: epoch [%d] [%d/%d]  lr: %.2e  %s  (%.2f s/it)", epoch, step, iters, lr,
+                     "  ".join(f"{k}: {v:.4f}" for k, v in losses.items()), seconds_per_step)
+        self.log_stats({"epoch": epoch, "iter": step, "lr": lr, **losses}, "train_step")
+
+    def _finite_on_all_ranks(self, loss: torch.Tensor) -> bool:
+        flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
+        if distributed.is_dist_avail_and_initialized():
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def _epoch_stats(self, sums: Dict[str, float], counts: Dict[str, int]) -> Dict[str, float]:
+        keys = sorted(sums)
+        totals = torch.tensor([sums[k] for k in keys] + [float(counts[k]) for k in counts], dtype=torch.float64,
+                              device=self.device)
+        totals = distributed.all_reduce_sum(totals).tolist()
+        world_size = distributed.world()[1]
+        total_counts = dict(zip(counts, totals[len(keys):]))
+        steps = max(1.0, total_counts["steps"])
+        stats = {key: value / steps for key, value in zip(keys, totals[:len(keys)])}
+        stats["lr"] = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
+        stats["skipped_samples"] = int(total_counts["skipped_samples"])
+        stats["nonfinite_steps"] = int(total_counts["nonfinite_steps"] / world_size)
+        logging.info("Averaged stats: %s", "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
+                                                   for k, v in stats.items()))
+        dropped = sum(len(items) for d in self.datasets.get("train", []) for items in getattr(d, "dropped", {}).values())
+        if stats["skipped_samples"] or stats["nonfinite_steps"] or dropped:
+            logging.warning("epoch summary: %d unreadable samples replaced, %d non-finite steps skipped, %d annotations "
+                            "dropped when the datasets were built", stats["skipped_samples"], stats["nonfinite_steps"],
+                            dropped)
+        return stats
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self, cur_epoch, is_best=False, iteration: Optional[int] = None):
+        """Full training state; ``iteration`` = next step of ``cur_epoch`` for a mid-epoch save, None at epoch end."""
+        rng_states = distributed.gather_objects(rng_state())
+        if not is_main_process():
+            return
+        model = self.unwrap_dist_model(self.model)
+        state_dict = model.state_dict()
+        bad = [name for name, value in state_dict.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+        if bad:
+            logging.error("not saving a checkpoint at epoch %s: non-finite values in %s", cur_epoch, bad[:5])
+            return
+        save_obj = {
+            "model": state_dict,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "config": self.config.to_dict(),
+            "epoch": cur_epoch,
+            "iteration": iteration,
+            "rng": rng_states,
+            "best": dict(self.best),
+        }
+        name = "best" if is_best else ("latest" if iteration is not None else cur_epoch)
+        path = self.output_dir / f"checkpoint_{name}.pth"
+        logging.info("Saving checkpoint at epoch %s%s to %s.", cur_epoch,
+                     "" if iteration is None else f" iteration {iteration}", path)
+        temporary = path.with_suffix(".pth.tmp")
+        torch.save(save_obj, temporary)
+        os.replace(temporary, path)
+        if not is_best and iteration is None:
+            self._prune_epoch_checkpoints(cur_epoch)
+
+    def _prune_epoch_checkpoints(self, cur_epoch: int) -> None:
+        keep = self.config.run_cfg.get("keep_last_checkpoints", None)
+        if not keep:
+            return
+        for epoch in range(cur_epoch - int(keep), -1, -1):
+            old = self.output_dir / f"checkpoint_{epoch}.pth"
+            if not old.exists():
+                break
+            old.unlink()
+
+    def _load_checkpoint(self, url_or_filename):
+        """Restore the full training state; returns ``(start_epoch, start_iter)``."""
+        if not os.path.isfile(url_or_filename):
+            raise FileNotFoundError(f"resume_ckpt_path {url_or_filename} does not exist")
+        checkpoint = torch.load(url_or_filename, map_location="cpu", weights_only=True)
+        self.unwrap_dist_model(self.model).load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scaler is not None and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.best.update(checkpoint.get("best", {}))
+        rank, world_size = distributed.world()
+        states = checkpoint.get("rng") or []
+        if len(states) == world_size:
+            set_rng_state(states[rank])
+        elif states:
+            logging.warning("checkpoint holds RNG states of %d ranks, running on %d: RNG not restored", len(states),
+                            world_size)
+        iteration = checkpoint.get("iteration")
+        epoch = int(checkpoint["epoch"])
+        logging.info("Resumed from %s (epoch %d, %s)", url_or_filename, epoch,
+                     "end of epoch" if iteration is None else f"iteration {iteration}")
+        return (epoch + 1, 0) if iteration is None else (epoch, int(iteration))

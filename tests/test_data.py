@@ -1,0 +1,134 @@
+"""Processors, the shapes generator, and bad input being skipped and counted."""
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from lavis_glscl.datasets import shapes
+from lavis_glscl.datasets.datasets import ImageCaptionDataset, ImageRetrievalEvalDataset
+from lavis_glscl.paths import config_path
+from lavis_glscl.processors import GlsclCaptionProcessor, GlsclImageEvalProcessor, GlsclImageTrainProcessor
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def test_image_processors_resize_and_clip_normalise():
+    image = Image.new("RGB", (50, 30), (255, 0, 128))
+    evaluated = GlsclImageEvalProcessor(image_size=24)(image)
+    assert evaluated.shape == (3, 24, 24)
+    expected = [(v / 255 - m) / s for v, m, s in zip((255, 0, 128), CLIP_MEAN, CLIP_STD)]
+    torch.testing.assert_close(evaluated.mean(dim=(1, 2)), torch.tensor(expected), atol=2e-3, rtol=0)
+    train = GlsclImageTrainProcessor.from_config(OmegaConf.create({"image_size": 16, "hflip_prob": 1.0}))
+    assert train(image).shape == (3, 16, 16)
+    half = Image.new("RGB", (32, 32), (0, 0, 0))
+    half.paste((255, 255, 255), (0, 0, 16, 32))  # white left half
+    flipped = GlsclImageTrainProcessor(image_size=32, min_scale=1.0, max_scale=1.0, hflip_prob=1.0)(half)
+    assert flipped[0, :, -4:].mean() > flipped[0, :, :4].mean()  # white now on the right
+
+
+def test_caption_processor():
+    assert GlsclCaptionProcessor()("A Red circle!  Above: a (blue) square.") == "a red circle above a blue square"
+    assert GlsclCaptionProcessor()(" ... !! ") == ""
+
+
+@pytest.fixture(scope="module")
+def small_shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes") / "set"
+    return shapes.ensure_generated(root, num_train=40, num_test=20, image_size=48, seed=5)
+
+
+def test_shapes_generation_is_deterministic_and_reused(small_shapes, tmp_path):
+    again = shapes.ensure_generated(tmp_path / "again", num_train=40, num_test=20, image_size=48, seed=5)
+    for name in ("train.json", "test.json", "test_hard_pairs.json"):
+        assert (small_shapes / name).read_text() == (again / name).read_text()
+    assert (Image.open(small_shapes / "images/train_00007.png").tobytes()
+            == Image.open(again / "images/train_00007.png").tobytes())
+    stamp = (small_shapes / "test.json").stat().st_mtime_ns
+    shapes.ensure_generated(small_shapes, num_train=40, num_test=20, image_size=48, seed=5)
+    assert (small_shapes / "test.json").stat().st_mtime_ns == stamp
+
+
+def test_shapes_test_split_has_unique_captions_and_one_word_hard_pairs(small_shapes):
+    test = json.loads((small_shapes / "test.json").read_text())
+    pairs = json.loads((small_shapes / "test_hard_pairs.json").read_text())
+    captions = [item["caption"][0] for item in test]
+    assert len(test) == 20 and len(set(captions)) == 20
+    assert len(pairs) == 10
+    for a, b in pairs:
+        words_a, words_b = captions[a].split(), captions[b].split()
+        assert len(words_a) == len(words_b) and sum(x != y for x, y in zip(words_a, words_b)) == 1
+
+
+def test_shapes_regions_match_the_caption_and_the_pixels(small_shapes):
+    record = pickle.loads((small_shapes / "pkls/test_00003.pkl").read_bytes())
+    caption = json.loads((small_shapes / "test.json").read_text())[3]["caption"][0]
+    assert record["caption"] == caption
+    assert len(record["annotation"]) == 2
+    pixels = torch.tensor(np.array(Image.open(small_shapes / "images/test_00003.png"))).float()
+    for phrase, regions in record["annotation"].items():
+        assert phrase in caption
+        (region,) = regions
+        mask, (x1, y1, x2, y2) = region["pixel_mask"], region["bbox_mask"]
+        assert mask.shape == (48, 48) and mask.any()
+        assert mask[y1:y2, x1:x2].sum() == mask.sum()  # the box holds the whole mask
+        color = torch.tensor(shapes.COLORS[phrase.split()[1]]).float()
+        inside = pixels[torch.from_numpy(mask)].mean(dim=0)
+        assert (inside - color).abs().max() < 20  # the mask covers pixels of the phrase's colour
+
+
+def test_default_demo_set_has_enough_pairs():
+    generator = OmegaConf.load(config_path("datasets/shapes_demo/defaults.yaml")).datasets.shapes_demo.generator
+    assert generator.num_train >= 4000 and generator.num_test == 500
+
+
+def test_relations_are_drawn_true():
+    rng = np.random.RandomState(0)
+    for relation in shapes.RELATIONS:
+        scene = shapes.Scene(shapes.ShapeObject("small", "red", "circle"), relation,
+                             shapes.ShapeObject("large", "blue", "square"))
+        (x1, y1, _), (x2, y2, _) = shapes._place(scene, 64, rng)
+        assert {"to the left of": x1 < x2, "to the right of": x1 > x2, "above": y1 < y2, "below": y1 > y2}[relation]
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    """Six annotations: three good, a missing file, a corrupt file, an empty caption."""
+    for name in ("a", "b", "c", "empty"):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / f"{name}.png")
+    (tmp_path / "corrupt.png").write_bytes(b"not a png at all")
+    train = [{"image": "a.png", "caption": "one"}, {"image": "missing.png", "caption": "two"},
+             {"image": "b.png", "caption": "three"}, {"image": "corrupt.png", "caption": "four"},
+             {"image": "empty.png", "caption": "  .!! "}, {"image": "c.png", "caption": "six"}]
+    test = [{"image": "a.png", "caption": ["one", ""]}, {"image": "corrupt.png", "caption": ["x"]},
+            {"image": "missing.png", "caption": ["y"]}, {"image": "empty.png", "caption": ["..."]},
+            {"image": "b.png", "caption": ["two"]}]
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    return tmp_path
+
+
+def test_training_pairs_skip_and_count_bad_annotations_and_files(messy_folder):
+    dataset = ImageCaptionDataset(GlsclImageEvalProcessor(8), GlsclCaptionProcessor(), str(messy_folder),
+                                  [str(messy_folder / "train.json")])
+    assert {k: len(v) for k, v in dataset.dropped.items()} == {"missing file": 1, "empty caption": 1}
+    assert len(dataset) == 4
+    samples = [dataset[i] for i in range(len(dataset))]
+    assert [s["num_skipped"] for s in samples] == [0, 0, 1, 0]  # the corrupt image is replaced by the next one
+    assert [s["text_input"] for s in samples] == ["one", "three", "six", "six"]
+    batch = dataset.collater(samples)
+    assert int(batch["num_skipped"].sum()) == 1 and batch["image"].shape == (4, 3, 8, 8)
+
+
+def test_evaluation_gallery_drops_what_cannot_be_scored(messy_folder):
+    dataset = ImageRetrievalEvalDataset(GlsclImageEvalProcessor(8), GlsclCaptionProcessor(), str(messy_folder),
+                                        [str(messy_folder / "test.json")])
+    assert {k: len(v) for k, v in dataset.dropped.items()} == {
+        "empty caption": 2, "unreadable file": 1, "missing file": 1, "no usable caption": 1}
+    assert dataset.image == ["a.png", "b.png"]
+    assert dataset.text == ["one", "two"] and dataset.img2txt == {0: [0], 1: [1]}
+    assert dataset[1]["image"].shape == (3, 8, 8)

@@ -1,0 +1,202 @@
+"""The GLSCL model: objective composition, shared passes, optimizer groups, retrieval scoring."""
+import copy
+
+import pytest
+import torch
+from conftest import tiny_batch
+
+from lavis_glscl.models import glscl as glscl_module
+from lavis_glscl.models.glscl import GlsclPretrain, GlsclRetrieval
+from lavis_glscl.models.retrieval import itm_rerank
+
+
+def losses_of(model, batch):
+    return {k: v.item() for k, v in model(batch).items()}
+
+
+def test_output_has_every_objective_and_the_weighted_total(tiny_model):
+    tiny_model.eval()
+    out = tiny_model(tiny_batch())
+    expected = {"loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mgsc_image", "loss_mgsc_text", "loss_mltc_image",
+                "loss_mltc_text"}
+    assert set(out.keys()) == expected
+    w = tiny_model.loss_weights
+    total = (w["itc"] * out.loss_itc + w["itm"] * out.loss_itm + w["mlm"] * out.loss_mlm
+             + w["mgsc"] * (out.loss_mgsc_image + out.loss_mgsc_text)
+             + w["mltc"] * (out.loss_mltc_image + out.loss_mltc_text))
+    assert out.loss.item() == pytest.approx(total.item(), rel=1e-6)
+    assert (w["itc"], w["mgsc"], w["mltc"]) == (0.5, 1.0, 0.2)
+
+
+def test_shared_and_recomputed_unimodal_passes_give_the_same_losses(tiny_model):
+    tiny_model.eval()  # dropout off
+    recomputing = copy.deepcopy(tiny_model)
+    recomputing.share_unimodal_passes = False
+    for itm_negatives in ("random", "hard"):
+        tiny_model.itm_negatives = recomputing.itm_negatives = itm_negatives
+        batch = tiny_batch(batch_size=6, seed=3)
+        shared, recomputed = losses_of(tiny_model, batch), losses_of(recomputing, batch)
+        assert shared.keys() == recomputed.keys()
+        for key in shared:
+            assert shared[key] == pytest.approx(recomputed[key], rel=1e-5, abs=1e-6), key
+
+
+def test_sharing_computes_each_distinct_unimodal_pass_once(tiny_model, monkeypatch):
+    calls = {"image": 0, "text": 0}
+    encode_image, encode_text = tiny_model.encode_image, tiny_model.encode_text
+
+    def count_image(*args, **kwargs):
+        calls["image"] += 1
+        return encode_image(*args, **kwargs)
+
+    def count_text(*args, **kwargs):
+        calls["text"] += 1
+        return encode_text(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "encode_image", count_image)
+    monkeypatch.setattr(tiny_model, "encode_text", count_text)
+    tiny_model(tiny_batch())
+    assert calls == {"image": 3, "text": 3}  # full/dropped/token-masked image; full/MLM/MGSC text
+    calls.update(image=0, text=0)
+    tiny_model.share_unimodal_passes = False
+    tiny_model(tiny_batch())
+    assert calls == {"image": 6, "text": 6}  # the released code: both encoders in each of the six passes
+
+
+def test_masks_depend_on_the_step_not_on_the_call(tiny_model):
+    tiny_model.eval()
+    batch = tiny_batch()
+    assert losses_of(tiny_model, batch) == losses_of(tiny_model, batch)
+    later = dict(batch, iters=1)
+    assert losses_of(tiny_model, later)["loss_mlm"] != losses_of(tiny_model, batch)["loss_mlm"]
+
+
+def test_zero_weight_objectives_are_skipped(tiny_model):
+    tiny_model.loss_weights = {"itc": 1.0, "itm": 0.0, "mlm": 0.0, "mgsc": 0.0, "mltc": 0.0}
+    out = tiny_model(tiny_batch())
+    assert set(out.keys()) == {"loss", "loss_itc"}
+
+
+def test_unknown_objective_or_negative_mode_is_refused(lavis_glscl):
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.load(GlsclPretrain.default_config_path("tiny")).model
+    with pytest.raises(ValueError, match="unknown loss_weights"):
+        GlsclPretrain.from_config(OmegaConf.merge(base, {"loss_weights": {"mgcs": 1.0}}))
+    with pytest.raises(ValueError, match="itm_negatives"):
+        GlsclPretrain.from_config(OmegaConf.merge(base, {"itm_negatives": "hardest"}))
+    with pytest.raises(KeyError, match="unknown model_type"):
+        GlsclPretrain.default_config_path("huge")
+
+
+def test_every_trainable_parameter_gets_a_gradient(tiny_model):
+    tiny_model(tiny_batch()).loss.backward()
+    missing = [n for n, p in tiny_model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+
+
+def test_optimizer_groups_scale_fusion_and_heads_and_skip_decay_on_biases(tiny_model):
+    groups = tiny_model.get_optimizer_params(weight_decay=0.01)
+    by_param = {id(p): g for g in groups for p in g["params"]}
+    named = dict(tiny_model.named_parameters())
+    assert by_param[id(named["cross_modal_text_layers.0.attention.self.query.weight"])]["lr_scale"] == 5.0
+    assert by_param[id(named["itm_score.fc.weight"])]["lr_scale"] == 5.0
+    assert by_param[id(named["mlm_score.decoder.weight"])]["lr_scale"] == 5.0
+    assert by_param[id(named["vision_transformer.conv1.weight"])]["lr_scale"] == 1.0
+    assert by_param[id(named["vision_transformer.conv1.weight"])]["weight_decay"] == 0.01
+    assert by_param[id(named["itm_score.fc.bias"])]["weight_decay"] == 0.0
+    assert by_param[id(named["cl_temp"])]["weight_decay"] == 0.0
+    assert id(named["text_transformer.pooler.dense.weight"]) not in by_param  # unused, frozen
+
+
+def test_video_batches_train_with_per_frame_mgsc(tiny_model):
+    out = tiny_model(tiny_batch(frames=3))
+    assert torch.isfinite(out.loss) and out.loss_mltc_image is not None
+    tiny_model.mltc_on_video = False
+    assert tiny_model(tiny_batch(frames=3)).loss_mltc_image is None
+
+
+def test_itm_rerank_batches_queries_and_orders_the_rest_below():
+    sims = torch.tensor([[0.9, 0.8, 0.1, 0.5], [0.2, 0.3, 0.4, 0.1], [0.0, 0.6, 0.7, 0.65]])
+    calls = []
+
+    def reverse_itc(query, gallery):  # an ITM that prefers what ITC ranks lower
+        calls.append(len(query))
+        return -sims[query, gallery] * 10
+
+    scores = itm_rerank(sims, k=2, score_pairs=reverse_itc, pairs_per_batch=4, add_sims=False, rows=(0, 3))
+    assert calls == [4, 2]  # 3 queries x 2 shortlisted, scored 4 pairs at a time
+    order = scores.argsort(dim=1, descending=True).tolist()
+    assert order[0] == [1, 0, 3, 2]  # shortlist {0, 1} reversed, then the rest in ITC order
+    assert order[2] == [3, 2, 1, 0]
+    one = itm_rerank(sims, k=1, score_pairs=reverse_itc, rows=(0, 3), add_sims=False)
+    assert torch.equal(one.argsort(dim=1, descending=True), sims.argsort(dim=1, descending=True))
+
+
+class ListLoader:
+    """A minimal eval loader over an in-memory gallery in LAVIS's RetrievalEvalDataset shape."""
+
+    def __init__(self, images, texts, batch_size=3):
+        self.dataset = type("Gallery", (), {"text": texts, "__len__": lambda self: len(images)})()
+        self.images, self.batch_size = images, batch_size
+
+    def __iter__(self):
+        for start in range(0, len(self.images), self.batch_size):
+            yield {"image": self.images[start:start + self.batch_size], "index": torch.arange(start, start + 3)}
+
+
+@torch.no_grad()
+def test_compute_sim_matrix_with_k_covering_the_gallery_equals_scoring_every_pair(tiny_model):
+    tiny_model.eval()
+    images = torch.randn(5, 3, 32, 32)
+    texts = ["a red circle", "two blue squares left of a star", "green", "a white diamond above", "x y z"]
+    i2t, t2i = tiny_model.compute_sim_matrix(ListLoader(images, texts), {"k_test": 5, "itm_pairs_per_batch": 7})
+    expected = torch.zeros(5, 5)
+    for i in range(5):
+        image_tokens = tiny_model.encode_image(images[i:i + 1].unsqueeze(1))
+        image_embed = torch.nn.functional.normalize(tiny_model.image_embedding(image_tokens, 1), dim=-1)
+        for j in range(5):
+            text = tiny_model.tokenize([texts[j]])
+            text_tokens = tiny_model.encode_text(text.input_ids, text.attention_mask)
+            text_embed = torch.nn.functional.normalize(tiny_model.text_embedding(text_tokens), dim=-1)
+            itm = tiny_model.itm_score(tiny_model.fuse(text_tokens, text.attention_mask, image_tokens, 1).cls_feats)
+            expected[i, j] = itm[0, 1] + (image_embed @ text_embed.t())[0, 0]
+    torch.testing.assert_close(torch.from_numpy(i2t), expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(t2i), expected.t(), atol=1e-4, rtol=1e-4)
+
+
+def test_compute_sim_matrix_refuses_a_partial_gallery(tiny_model):
+    loader = ListLoader(torch.randn(3, 3, 32, 32), ["a", "b", "c"])
+    loader.dataset = type("Gallery", (), {"text": ["a", "b", "c"], "__len__": lambda self: 6})()
+    with pytest.raises(RuntimeError, match="use_dist_eval_sampler"):
+        tiny_model.compute_sim_matrix(loader, {"k_test": 2})
+
+
+def test_retrieval_model_is_registered_with_itc_itm_defaults(lavis_glscl):
+    from lavis.common.registry import registry
+
+    assert registry.get_model_class("glscl_retrieval") is GlsclRetrieval
+    model = GlsclRetrieval.from_pretrained("tiny")
+    out = model(tiny_batch())
+    assert set(out.keys()) == {"loss", "loss_itc", "loss_itm"}
+    assert model.itm_negatives == "hard"
+    assert glscl_module.OBJECTIVES == ("itc", "itm", "mlm", "mgsc", "mltc")
+
+
+@torch.no_grad()
+def test_base_type_builds_the_released_architecture(lavis_glscl):
+    torch.manual_seed(0)
+    model = GlsclPretrain.from_pretrained("base").eval()
+    vit = model.vision_transformer
+    assert (vit.image_size, vit.patch_size, vit.width, len(vit.transformer.resblocks)) == (288, 16, 768, 11)
+    assert (len(model.cross_modal_text_layers), len(model.cross_modal_image_layers)) == (6, 6)
+    assert model.text_transformer.config.num_hidden_layers == 12 and model.itm_score.fc.in_features == 1536
+    assert model.vision_proj[-1].out_features == 512
+    assert model.cl_temp.item() == pytest.approx(0.07)
+    names = {name.split(".")[0] for name, _ in model.named_parameters()}
+    assert names == {"vision_transformer", "text_transformer", "cross_modal_text_transform",
+                     "cross_modal_image_transform", "token_type_embeddings", "cross_modal_text_layers",
+                     "cross_modal_image_layers", "cross_modal_text_pooler", "cross_modal_image_pooler", "itm_score",
+                     "mlm_score", "vision_proj", "language_proj", "cl_temp"}
+    out = model(tiny_batch(batch_size=2, image_size=288))
+    assert torch.isfinite(out.loss)

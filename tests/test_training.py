@@ -1,0 +1,141 @@
+"""End-to-end runs through LAVIS's task, config and runner machinery (subprocesses where a fresh process matters)."""
+import json
+import math
+import socket
+import sys
+
+import pytest
+import torch
+from conftest import TINY_RUN, read_log_records, run_module
+
+DETERMINISTIC = [  # no dropout and no random augmentation: 1- and 2-process runs see identical inputs
+    "model.fusion.dropout=0.0", "model.text.config_overrides.hidden_dropout_prob=0.0",
+    "model.text.config_overrides.attention_probs_dropout_prob=0.0",
+    "datasets.shapes_demo.vis_processor.train.name=glscl_image_eval",
+]
+
+
+def step_losses(output_dir, epoch, iteration):
+    for record in read_log_records(output_dir, "train_step"):
+        if record["train_step_epoch"] == epoch and record["train_step_iter"] == iteration:
+            return {k[len("train_step_"):]: v for k, v in record.items() if k.startswith("train_step_loss")}
+    raise AssertionError(f"no train_step record for epoch {epoch} iteration {iteration} under {output_dir}")
+
+
+def test_train_module_runs_two_iterations_and_tests(tmp_path):
+    result = run_module("lavis_glscl.train", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={tmp_path}"],
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    records = read_log_records(tmp_path, "train_step")
+    assert [r["train_step_iter"] for r in records] == [0, 1]
+    assert all(math.isfinite(r["train_step_loss"]) and r["train_step_loss_mgsc_text"] > 0 for r in records)
+    assert list(tmp_path.rglob("checkpoint_0.pth"))
+    assert "txt_r1" in result.stdout and "img_r5" in result.stdout  # LAVIS retrieval metrics, printed
+    evaluation = list(tmp_path.rglob("evaluate.txt"))
+    assert len(evaluation) == 1 and "agg_metrics" in evaluation[0].read_text()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    common = DETERMINISTIC + ["run.iters_per_epoch=1", "model.mltc_image_gather=true"]
+    one = run_module("lavis_glscl.train", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={single}",
+                                           "run.batch_size_train=4", *common], cwd=tmp_path)
+    assert one.returncode == 0, one.stdout[-3000:]
+    two = run_module("torch.distributed.run", [
+        "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "lavis_glscl.train", "--cfg-path", str(TINY_RUN),
+        "--options", f"run.output_dir={double}", "run.batch_size_train=2", *common], cwd=tmp_path)
+    assert two.returncode == 0, two.stdout[-3000:]
+    assert '"dist_backend": "gloo"' in two.stdout
+    expected, observed = step_losses(single, 0, 0), step_losses(double, 0, 0)
+    assert expected.keys() == observed.keys()
+    for key in expected:
+        assert observed[key] == pytest.approx(expected[key], abs=1e-4), key
+
+
+def test_resume_continues_exactly_at_epoch_end_and_mid_epoch(tmp_path):
+    full = tmp_path / "full"
+    options = ["run.max_epoch=2", "run.iters_per_epoch=3", "run.save_freq_iters=2", "run.test_splits=[]"]
+    result = run_module("lavis_glscl.train", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={full}",
+                                              *options], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    (epoch_end,) = full.rglob("checkpoint_0.pth")
+    (mid_epoch,) = full.rglob("checkpoint_latest.pth")  # written after step 2 of epoch 1, i.e. iteration 2
+    assert torch.load(mid_epoch, weights_only=True)["iteration"] == 2
+    for name, checkpoint, resumed_steps in (("end", epoch_end, [(1, 0), (1, 1), (1, 2)]), ("mid", mid_epoch, [(1, 2)])):
+        out = tmp_path / name
+        resumed = run_module("lavis_glscl.train", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={out}",
+                                                   f"run.resume_ckpt_path={checkpoint}", *options], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stdout[-3000:]
+        logged = [(r["train_step_epoch"], r["train_step_iter"]) for r in read_log_records(out, "train_step")]
+        assert logged == resumed_steps
+        for epoch, iteration in resumed_steps:
+            assert step_losses(out, epoch, iteration) == pytest.approx(step_losses(full, epoch, iteration), rel=1e-6)
+    final_full = torch.load(next(full.rglob("checkpoint_1.pth")), weights_only=True)["model"]
+    final_resumed = torch.load(next((tmp_path / "end").rglob("checkpoint_1.pth")), weights_only=True)["model"]
+    assert all(torch.equal(final_full[k], final_resumed[k]) for k in final_full)
+
+
+def test_bad_files_and_captions_are_skipped_and_counted_while_training_continues(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    train = []
+    for index in range(10):
+        Image.new("RGB", (32, 32), (index * 20, 50, 100)).save(images / f"{index}.png")
+        train.append({"image": f"{index}.png", "caption": f"a shape number {index}"})
+    (images / "3.png").write_bytes(b"\x89PNG broken")
+    train += [{"image": "gone.png", "caption": "a missing file"}, {"image": "4.png", "caption": " ; "}]
+    test = [{"image": f"{i}.png", "caption": [f"a shape number {i}"]} for i in (0, 1, 2, 3, 5)]
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    config = tmp_path / "messy.yaml"
+    config.write_text(TINY_RUN.read_text().replace("  shapes_demo:\n    generator: {num_train: 32, num_test: 8, image_size: 32, seed: 1}\n", f"""  glscl_image_text:
+    build_info:
+      annotations:
+        train: {{storage: {tmp_path / 'train.json'}}}
+        test: {{storage: {tmp_path / 'test.json'}}}
+      images: {{storage: {images}}}
+"""))
+    # 10 readable annotations: one epoch of 2 x 5 visits every sample once, the corrupt one included
+    result = run_module("lavis_glscl.train", ["--cfg-path", str(config), "--options", f"run.output_dir={tmp_path / 'out'}",
+                                              "run.batch_size_train=5", "run.iters_per_epoch=2"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "skipped 2 of 12 annotations (1 empty caption, 1 missing file)" in result.stdout
+    assert "skipped 1 of 5 annotations (1 unreadable file)" in result.stdout  # the gallery drops it before scoring
+    assert "1 unreadable samples replaced, 0 non-finite steps skipped, 2 annotations dropped" in result.stdout
+    (train_record,) = read_log_records(tmp_path / "out", "train_loss")
+    assert train_record["train_skipped_samples"] == 1
+
+
+def test_non_finite_loss_skips_the_step_and_never_reaches_a_checkpoint(lavis_glscl, tmp_path, monkeypatch):
+    from lavis_glscl import launch
+
+    args = launch.parse_args("x", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={tmp_path}",
+                                   "run.iters_per_epoch=3", "run.test_splits=[]"])
+    runner = launch.build_runner(launch.GlsclConfig(args))
+    model = runner.unwrap_dist_model(runner.model)
+    real_forward = model.forward
+    weights_at = {}
+
+    def forward_with_nan_at_step_one(samples):
+        weights_at[samples["iters"]] = model.itm_score.fc.weight.detach().clone()
+        output = real_forward(samples)
+        if samples["iters"] == 1:
+            output["loss"] = output["loss"] * float("nan")
+        return output
+
+    monkeypatch.setattr(model, "forward", forward_with_nan_at_step_one)
+    runner.train()
+    (train_record,) = read_log_records(tmp_path, "train_loss")
+    assert train_record["train_nonfinite_steps"] == 1
+    assert torch.equal(weights_at[1], weights_at[2])  # the NaN step changed nothing
+    assert not torch.equal(weights_at[2], model.itm_score.fc.weight.detach())  # the next step did
+    saved = torch.load(next(tmp_path.rglob("checkpoint_0.pth")), weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
