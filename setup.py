@@ -55,5 +55,5 @@ setup(
         "pillow",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "scikit-video"]},
 )

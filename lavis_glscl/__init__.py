@@ -10,7 +10,7 @@ import lavis.common.optims  # noqa: F401  (LAVIS's LR schedulers)
 import lavis.runners  # noqa: F401  (runner_base, runner_iter)
 from lavis.common.registry import registry
 
-from lavis_glscl import optims, processors, runners  # noqa: F401
+from lavis_glscl import optims, processors, runners, tasks  # noqa: F401
 from lavis_glscl.datasets import builders  # noqa: F401
 from lavis_glscl.models import glscl  # noqa: F401
 from lavis_glscl.paths import cache_dir

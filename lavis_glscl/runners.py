@@ -208,7 +208,7 @@ class RunnerGlscl(RunnerBase):
         accum = self.accum_grad_iters
         save_freq = int(run_cfg.get("save_freq_iters", 0) or 0)
         sums: Dict[str, float] = defaultdict(float)
-        counts = {"steps": 0, "skipped_samples": 0, "nonfinite_steps": 0}
+        counts = {"steps": 0, "image_steps": 0, "video_steps": 0, "skipped_samples": 0, "nonfinite_steps": 0}
         tick = time.time()
         logging.info("Start training epoch %d, %d iters per epoch.", epoch, iters)
         for step, samples in enumerate(loader.epoch(epoch, start_iter), start=start_iter):
@@ -238,11 +238,14 @@ class RunnerGlscl(RunnerBase):
                     self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             counts["steps"] += 1
+            modality = "video" if "video" in samples else "image"
+            counts[f"{modality}_steps"] += 1
             for key, value in output.items():
                 if key.startswith("loss") and torch.is_tensor(value):
                     sums[key] += float(value.detach())
+                    sums[f"{modality}_{key}"] += float(value.detach())
             if step % self.log_freq == 0 or step == iters - 1:
-                self._log_step(epoch, step, iters, output, (time.time() - tick) / (step - start_iter + 1))
+                self._log_step(epoch, step, iters, output, (time.time() - tick) / (step - start_iter + 1), modality)
             if save_freq and (step + 1) % save_freq == 0 and step + 1 < iters:
                 self._save_checkpoint(epoch, iteration=step + 1)
         return self._epoch_stats(sums, counts)
@@ -263,16 +266,16 @@ class RunnerGlscl(RunnerBase):
             return self.task.after_evaluation(val_result=results, split_name=split_name, epoch=cur_epoch)
         return None
 
-    def _log_step(self, epoch: int, step: int, iters: int, output, seconds_per_step: float) -> None:
+    def _log_step(self, epoch: int, step: int, iters: int, output, seconds_per_step: float, modality: str) -> None:
         """Log the step's losses averaged over ranks, to the console and as a ``train_step`` record in log.txt."""
         keys = sorted(k for k, v in output.items() if k.startswith("loss") and torch.is_tensor(v))
         values = torch.stack([output[k].detach().float() for k in keys]).to(torch.float64)
         values = (distributed.all_reduce_sum(values) / distributed.world()[1]).tolist()
         losses = dict(zip(keys, values))
         lr = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
-        logging.info("Train: epoch [%d] [%d/%d]  lr: %.2e  %s  (%.2f s/it)", epoch, step, iters, lr,
+        logging.info("Train: epoch [%d] [%d/%d] %s  lr: %.2e  %s  (%.2f s/it)", epoch, step, iters, modality, lr,
                      "  ".join(f"{k}: {v:.4f}" for k, v in losses.items()), seconds_per_step)
-        self.log_stats({"epoch": epoch, "iter": step, "lr": lr, **losses}, "train_step")
+        self.log_stats({"epoch": epoch, "iter": step, "modality": modality, "lr": lr, **losses}, "train_step")
 
     def _finite_on_all_ranks(self, loss: torch.Tensor) -> bool:
         flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
@@ -287,8 +290,13 @@ class RunnerGlscl(RunnerBase):
         totals = distributed.all_reduce_sum(totals).tolist()
         world_size = distributed.world()[1]
         total_counts = dict(zip(counts, totals[len(keys):]))
-        steps = max(1.0, total_counts["steps"])
-        stats = {key: value / steps for key, value in zip(keys, totals[:len(keys)])}
+        stats = {}
+        for key, value in zip(keys, totals[:len(keys)]):
+            modality = key.split("_")[0] if not key.startswith("loss") else None
+            steps = total_counts[f"{modality}_steps"] if modality else total_counts["steps"]
+            # per-modality means only when the epoch mixed modalities
+            if modality is None or 0 < steps < total_counts["steps"]:
+                stats[key] = value / max(1.0, steps)
         stats["lr"] = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
         stats["skipped_samples"] = int(total_counts["skipped_samples"])
         stats["nonfinite_steps"] = int(total_counts["nonfinite_steps"] / world_size)

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lavis_glscl.datasets import shapes
-from lavis_glscl.datasets.datasets import ImageCaptionDataset, ImageRetrievalEvalDataset
+from lavis_glscl.datasets.datasets import ImageCaptionDataset, ImageRetrievalGallery
 from lavis_glscl.paths import config_path
 from lavis_glscl.processors import GlsclCaptionProcessor, GlsclImageEvalProcessor, GlsclImageTrainProcessor
 
@@ -125,7 +125,7 @@ def test_training_pairs_skip_and_count_bad_annotations_and_files(messy_folder):
 
 
 def test_evaluation_gallery_drops_what_cannot_be_scored(messy_folder):
-    dataset = ImageRetrievalEvalDataset(GlsclImageEvalProcessor(8), GlsclCaptionProcessor(), str(messy_folder),
+    dataset = ImageRetrievalGallery(GlsclImageEvalProcessor(8), GlsclCaptionProcessor(), str(messy_folder),
                                         [str(messy_folder / "test.json")])
     assert {k: len(v) for k, v in dataset.dropped.items()} == {
         "empty caption": 2, "unreadable file": 1, "missing file": 1, "no usable caption": 1}

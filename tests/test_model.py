@@ -134,33 +134,36 @@ def test_itm_rerank_batches_queries_and_orders_the_rest_below():
 
 
 class ListLoader:
-    """A minimal eval loader over an in-memory gallery in LAVIS's RetrievalEvalDataset shape."""
+    """A minimal eval loader over an in-memory gallery in LAVIS's (Video)RetrievalEvalDataset shape."""
 
-    def __init__(self, images, texts, batch_size=3):
-        self.dataset = type("Gallery", (), {"text": texts, "__len__": lambda self: len(images)})()
-        self.images, self.batch_size = images, batch_size
+    def __init__(self, visuals, texts, batch_size=3, key="image"):
+        self.dataset = type("Gallery", (), {"text": texts, "__len__": lambda self: len(visuals)})()
+        self.visuals, self.batch_size, self.key = visuals, batch_size, key
 
     def __iter__(self):
-        for start in range(0, len(self.images), self.batch_size):
-            yield {"image": self.images[start:start + self.batch_size], "index": torch.arange(start, start + 3)}
+        for start in range(0, len(self.visuals), self.batch_size):
+            yield {self.key: self.visuals[start:start + self.batch_size], "index": torch.arange(start, start + 3)}
 
 
+@pytest.mark.parametrize("key, shape", [("image", (5, 3, 32, 32)), ("video", (5, 3, 3, 32, 32))])
 @torch.no_grad()
-def test_compute_sim_matrix_with_k_covering_the_gallery_equals_scoring_every_pair(tiny_model):
+def test_compute_sim_matrix_with_k_covering_the_gallery_equals_scoring_every_pair(tiny_model, key, shape):
     tiny_model.eval()
-    images = torch.randn(5, 3, 32, 32)
+    visuals = torch.randn(*shape)
+    frames = shape[1] if key == "video" else 1
     texts = ["a red circle", "two blue squares left of a star", "green", "a white diamond above", "x y z"]
-    i2t, t2i = tiny_model.compute_sim_matrix(ListLoader(images, texts), {"k_test": 5, "itm_pairs_per_batch": 7})
+    i2t, t2i = tiny_model.compute_sim_matrix(ListLoader(visuals, texts, key=key),
+                                             {"k_test": 5, "itm_pairs_per_batch": 7})
     expected = torch.zeros(5, 5)
     for i in range(5):
-        image_tokens = tiny_model.encode_image(images[i:i + 1].unsqueeze(1))
-        image_embed = torch.nn.functional.normalize(tiny_model.image_embedding(image_tokens, 1), dim=-1)
+        image_tokens = tiny_model.encode_image(visuals[i:i + 1].view(1, frames, 3, 32, 32))
+        image_embed = torch.nn.functional.normalize(tiny_model.image_embedding(image_tokens, frames), dim=-1)
         for j in range(5):
             text = tiny_model.tokenize([texts[j]])
             text_tokens = tiny_model.encode_text(text.input_ids, text.attention_mask)
             text_embed = torch.nn.functional.normalize(tiny_model.text_embedding(text_tokens), dim=-1)
-            itm = tiny_model.itm_score(tiny_model.fuse(text_tokens, text.attention_mask, image_tokens, 1).cls_feats)
-            expected[i, j] = itm[0, 1] + (image_embed @ text_embed.t())[0, 0]
+            fusion = tiny_model.fuse(text_tokens, text.attention_mask, image_tokens, frames)
+            expected[i, j] = tiny_model.itm_score(fusion.cls_feats)[0, 1] + (image_embed @ text_embed.t())[0, 0]
     torch.testing.assert_close(torch.from_numpy(i2t), expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(torch.from_numpy(t2i), expected.t(), atol=1e-4, rtol=1e-4)
 

@@ -1,8 +1,9 @@
-"""Dataset builders registered with LAVIS: local image-caption data and the embedded shapes demo set.
+"""Dataset builders registered with LAVIS: local image- and video-caption data and the embedded shapes sets.
 
 Both read local files only: the download steps of ``BaseDatasetBuilder`` become checks that fail with
 the missing path (or, for the demo set, generate it into the cache on rank 0).
 """
+import json
 import os
 
 from lavis.common.registry import registry
@@ -10,7 +11,8 @@ from lavis.common.utils import get_cache_path
 from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 
 from lavis_glscl.datasets import shapes
-from lavis_glscl.datasets.datasets import ImageCaptionDataset, ImageRetrievalEvalDataset
+from lavis_glscl.datasets.datasets import (ImageCaptionDataset, ImageRetrievalGallery, VideoCaptionDataset,
+                                           VideoRetrievalGallery)
 from lavis_glscl.paths import config_path
 
 
@@ -24,7 +26,22 @@ def _absolute(path: str) -> str:
 
 
 class LocalFilesBuilder(BaseDatasetBuilder):
-    """A builder whose annotations and media are already on disk: missing paths fail before any training."""
+    """A builder whose annotations and media are already on disk: missing paths fail before any training.
+
+    ``splits: [train, ...]`` in its config builds only those splits (a yaml merge cannot delete a default
+    split, and LAVIS evaluates one dataset per split).
+    """
+
+    def __init__(self, cfg=None):
+        super().__init__(cfg)
+        wanted = self.config.get("splits")
+        if wanted is not None:
+            annotations = self.config.build_info.annotations
+            unknown = set(wanted) - set(annotations)
+            if unknown:
+                raise KeyError(f"splits {sorted(unknown)} have no annotations; configured: {sorted(annotations)}")
+            for split in [s for s in annotations if s not in wanted]:
+                del annotations[split]
 
     def _download_ann(self):
         for split, info in self.config.build_info.annotations.items():
@@ -43,22 +60,32 @@ class ImageTextPairsBuilder(LocalFilesBuilder):
     """Training pairs (json list of ``{image, caption}``); val/test splits in LAVIS's retrieval eval format."""
 
     train_dataset_cls = ImageCaptionDataset
-    eval_dataset_cls = ImageRetrievalEvalDataset
+    eval_dataset_cls = ImageRetrievalGallery
     DATASET_CONFIG_DICT = {"default": config_path("datasets/glscl_image_text/defaults.yaml")}
 
 
-@registry.register_builder("shapes_demo")
-class ShapesDemoBuilder(ImageTextPairsBuilder):
-    """The embedded shapes set (``lavis_glscl.datasets.shapes``), generated into the cache on first use.
+@registry.register_builder("glscl_video_text")
+class VideoTextPairsBuilder(LocalFilesBuilder):
+    """Video training pairs (json list of ``{video, caption}``, WebVid-style); val/test splits in LAVIS's video
+    retrieval format (``{video, caption: [str, ...]}``, as MSR-VTT's ``retrieval_{split}.json``)."""
+
+    train_dataset_cls = VideoCaptionDataset
+    eval_dataset_cls = VideoRetrievalGallery
+    DATASET_CONFIG_DICT = {"default": config_path("datasets/glscl_video_text/defaults.yaml"),
+                           "msrvtt": config_path("datasets/glscl_video_text/msrvtt.yaml")}
+
+
+class ShapesBuilderMixin:
+    """A shapes set (``lavis_glscl.datasets.shapes``) generated into the cache on first use, on rank 0.
 
     Relative storage paths in its config are relative to the generated set.
     """
 
-    DATASET_CONFIG_DICT = {"default": config_path("datasets/shapes_demo/defaults.yaml")}
+    kind = "images"
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
-        self.generator_options = dict(self.config.get("generator", {}))
+        self.generator_options = {"kind": self.kind, **self.config.get("generator", {})}
         self.root = shapes.dataset_dir(**self.generator_options)
         info = self.config.build_info
         for split in info.annotations:
@@ -68,3 +95,27 @@ class ShapesDemoBuilder(ImageTextPairsBuilder):
     def _download_data(self):
         shapes.ensure_generated(self.root, **self.generator_options)
         super()._download_data()
+
+    def build(self):
+        """Also attach each eval split's one-word (images) or direction-only (videos) caption pairs."""
+        datasets = super().build()
+        for split, dataset in datasets.items():
+            pairs_file = self.root / f"{split}_hard_pairs.json"
+            if split != "train" and pairs_file.is_file() and not getattr(dataset, "dropped", None):
+                dataset.hard_pairs = json.loads(pairs_file.read_text())
+        return datasets
+
+
+@registry.register_builder("shapes_demo")
+class ShapesDemoBuilder(ShapesBuilderMixin, ImageTextPairsBuilder):
+    """The embedded shapes image set."""
+
+    DATASET_CONFIG_DICT = {"default": config_path("datasets/shapes_demo/defaults.yaml")}
+
+
+@registry.register_builder("shapes_video_demo")
+class ShapesVideoDemoBuilder(ShapesBuilderMixin, VideoTextPairsBuilder):
+    """The embedded shapes video set (objects moving in one of four directions)."""
+
+    kind = "videos"
+    DATASET_CONFIG_DICT = {"default": config_path("datasets/shapes_video_demo/defaults.yaml")}

@@ -1,19 +1,23 @@
-"""Image-caption datasets that skip and count bad input instead of crashing.
+"""Image- and video-caption datasets that skip and count bad input instead of crashing.
 
 Annotations that can never be used (a missing file, an empty caption after text processing, an eval
-image that does not decode) are dropped when the dataset is built and counted in ``self.dropped``.
-A training image that fails to decode at load time is replaced by the next readable sample, and the
-sample carries ``num_skipped`` = 1 so the runner can count skips per epoch across workers and ranks.
+image or video that does not decode) are dropped when the dataset is built and counted in ``self.dropped``.
+A training image or video that fails to decode at load time is replaced by the next readable sample, and
+the sample carries ``num_skipped`` = 1 so the runner can count skips per epoch across workers and ranks.
 """
 import logging
 import os
 from collections import defaultdict
 from typing import Dict, List, Optional
 
+import decord
 from lavis.datasets.datasets.base_dataset import BaseDataset
-from lavis.datasets.datasets.retrieval_datasets import RetrievalEvalDataset
+from lavis.datasets.datasets.retrieval_datasets import RetrievalEvalDataset, VideoRetrievalEvalDataset
 from PIL import Image
 
+from lavis_glscl.processors import DECORD_ERRORS
+
+# VideoDecodeError is a ValueError; PIL raises OSError/SyntaxError on truncated or foreign files.
 LOAD_ERRORS = (OSError, ValueError, SyntaxError)
 
 
@@ -30,6 +34,16 @@ def image_decodes(path: str) -> bool:
         return False
 
 
+def video_decodes(path: str) -> bool:
+    """The video opens and its first and last frames decode."""
+    try:
+        reader = decord.VideoReader(path, num_threads=1)
+        reader.get_batch([0, len(reader) - 1])
+        return len(reader) > 0
+    except (*DECORD_ERRORS, *LOAD_ERRORS):
+        return False
+
+
 class AnnotationFilterMixin:
     """Drops unusable annotations before LAVIS's dataset classes index them.
 
@@ -39,6 +53,10 @@ class AnnotationFilterMixin:
 
     media_key = "image"
     check_decodes = False
+
+    @staticmethod
+    def decodes(path: str) -> bool:
+        return image_decodes(path)
 
     def _add_instance_ids(self, key="instance_id"):
         self.dropped: Dict[str, List[str]] = defaultdict(list)
@@ -70,7 +88,7 @@ class AnnotationFilterMixin:
         path = os.path.join(self.vis_root, ann[self.media_key])
         if not os.path.isfile(path):
             return "missing file"
-        if self.check_decodes and not image_decodes(path):
+        if self.check_decodes and not self.decodes(path):
             return "unreadable file"
         return None
 
@@ -80,11 +98,11 @@ class AnnotationFilterMixin:
         return bool((self.text_processor(caption) if self.text_processor else caption).strip())
 
 
-class ImageCaptionDataset(AnnotationFilterMixin, BaseDataset):
-    """Training pairs from a json list of ``{"image": relative path, "caption": str[, "image_id": any]}``.
+class CaptionPairDataset(AnnotationFilterMixin, BaseDataset):
+    """Training pairs from a json list of ``{<media_key>: relative path, "caption": str[, "image_id": any]}``.
 
-    Samples: ``image`` (processed), ``text_input``, ``image_id`` (contiguous int; samples sharing it are
-    never each other's negatives), ``instance_id`` and ``num_skipped``.
+    Samples: the processed media under ``media_key``, ``text_input``, ``image_id`` (contiguous int; samples
+    sharing it are never each other's negatives), ``instance_id`` and ``num_skipped``.
     """
 
     max_replacements = 100
@@ -93,29 +111,61 @@ class ImageCaptionDataset(AnnotationFilterMixin, BaseDataset):
         super().__init__(vis_processor, text_processor, vis_root, ann_paths)
         self.image_ids: Dict[str, int] = {}
         for ann in self.annotation:
-            self.image_ids.setdefault(str(ann.get("image_id", ann["image"])), len(self.image_ids))
+            self.image_ids.setdefault(self._group(ann), len(self.image_ids))
+
+    def _group(self, ann: dict) -> str:
+        return str(ann.get("image_id", ann[self.media_key]))
+
+    def load_media(self, path: str):
+        raise NotImplementedError
 
     def __getitem__(self, index):
         for offset in range(min(len(self), self.max_replacements)):
             ann = self.annotation[(index + offset) % len(self)]
-            path = os.path.join(self.vis_root, ann["image"])
+            path = os.path.join(self.vis_root, ann[self.media_key])
             try:
-                image = self.vis_processor(load_rgb(path))
+                media = self.load_media(path)
             except LOAD_ERRORS as error:
-                logging.warning("skipping unreadable image %s (%s)", path, error)
+                logging.warning("skipping unreadable %s %s (%s)", self.media_key, path, error)
                 continue
             return {
-                "image": image,
+                self.media_key: media,
                 "text_input": self.text_processor(ann["caption"]),
-                "image_id": self.image_ids[str(ann.get("image_id", ann["image"]))],
+                "image_id": self.image_ids[self._group(ann)],
                 "instance_id": ann["instance_id"],
                 "num_skipped": int(offset > 0),
             }
-        raise RuntimeError(f"{self.max_replacements} consecutive unreadable images from index {index} in {self.vis_root}")
+        raise RuntimeError(f"{self.max_replacements} consecutive unreadable files from index {index} in {self.vis_root}")
 
 
-class ImageRetrievalEvalDataset(AnnotationFilterMixin, RetrievalEvalDataset):
+class ImageCaptionDataset(CaptionPairDataset):
+    """Image-caption training pairs (``{"image", "caption"}``)."""
+
+    def load_media(self, path: str):
+        return self.vis_processor(load_rgb(path))
+
+
+class VideoCaptionDataset(CaptionPairDataset):
+    """Video-caption training pairs (``{"video", "caption"}``, WebVid- or MSR-VTT-style); the video processor
+    receives the path, as LAVIS's video processors do."""
+
+    media_key = "video"
+    decodes = staticmethod(video_decodes)
+
+    def load_media(self, path: str):
+        return self.vis_processor(path)
+
+
+class ImageRetrievalGallery(AnnotationFilterMixin, RetrievalEvalDataset):
     """LAVIS's retrieval evaluation format (``{"image", "caption": [str, ...]}``) with every image checked to
     decode up front: a gallery cannot replace an item without changing the metrics."""
 
     check_decodes = True
+
+
+class VideoRetrievalGallery(AnnotationFilterMixin, VideoRetrievalEvalDataset):
+    """LAVIS's video retrieval evaluation format (``{"video", "caption": [str, ...]}``), videos checked up front."""
+
+    media_key = "video"
+    check_decodes = True
+    decodes = staticmethod(video_decodes)

@@ -1,4 +1,4 @@
-"""A deterministic, compositional "shapes" image-caption set: the embedded demo data.
+"""A deterministic, compositional "shapes" image-caption set (and a video-caption set): the embedded demo data.
 
 Each image shows two objects (size x colour x shape) in a spatial relation, e.g. "a small red circle
 to the left of a large blue square".  The test split comes in pairs whose captions differ in exactly
@@ -12,6 +12,13 @@ Layout of a generated set (written once into the cache, atomically, then reused)
     train.json  [{"image", "caption", "image_id"}]       (training pairs)
     test.json   [{"image", "caption": [str]}]            (LAVIS retrieval evaluation format)
     test_hard_pairs.json  [[i, j], ...]                  (test items whose captions differ in one word)
+
+The video set shows one object moving across the frame ("a small red circle moves to the left"), 8-16
+frames per clip, written as mp4 (MPEG-4 part 2, which OpenCV writes and decord reads).  Its test split comes
+in pairs where one clip is the other played backwards: the same frames, opposite captions ("to the left" /
+"to the right"), so only a model that uses frame order can tell them apart::
+
+    videos/{train,test}_NNNNN.mp4   train.json  test.json  test_hard_pairs.json  (same formats, key "video")
 """
 import hashlib
 import json
@@ -23,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -39,6 +47,8 @@ SIZES = {"small": 0.10, "large": 0.18}  # half-extent as a fraction of the image
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below",
             "below": "above"}
+DIRECTIONS = {"to the left": (-1, 0), "to the right": (1, 0), "up": (0, -1), "down": (0, 1)}
+REVERSED = {"to the left": "to the right", "to the right": "to the left", "up": "down", "down": "up"}
 
 
 @dataclass(frozen=True)
@@ -169,8 +179,8 @@ def _test_scenes(num_test: int, rng: np.random.RandomState) -> Tuple[List[Scene]
     return scenes, pairs
 
 
-def generate(root: Path, num_train: int, num_test: int, image_size: int, seed: int) -> None:
-    """Write a complete shapes set into the (new) directory ``root``."""
+def generate_images(root: Path, num_train: int, num_test: int, image_size: int, seed: int) -> None:
+    """Write a complete image set into the (new) directory ``root``."""
     rng = np.random.RandomState(seed)
     (root / "images").mkdir(parents=True)
     (root / "pkls").mkdir()
@@ -183,29 +193,101 @@ def generate(root: Path, num_train: int, num_test: int, image_size: int, seed: i
     scenes, pairs = _test_scenes(num_test, rng)
     test = [{"image": _write_item(root, f"test_{i:05d}", scene, image_size, rng), "caption": [scene.caption]}
             for i, scene in enumerate(scenes)]
+    _write_splits(root, train, test, pairs)
+
+
+def motion_caption(obj: ShapeObject, direction: str) -> str:
+    return f"a {obj.phrase} moves {direction}"
+
+
+def render_clip(obj: ShapeObject, direction: str, size: int, num_frames: int, rng: np.random.RandomState) -> np.ndarray:
+    """``[T, size, size, 3]`` uint8 frames of ``obj`` crossing the frame in ``direction``."""
+    r = SIZES[obj.size] * size
+    (dx, dy) = DIRECTIONS[direction]
+    travel = rng.uniform(0.45, 0.7) * (size - 2 * r)
+    start_along = rng.uniform(r, size - r - travel)
+    across = rng.uniform(r, size - r)
+    background = tuple(int(v) for v in rng.randint(15, 70, size=3))
+    frames = []
+    for t in np.linspace(0.0, 1.0, num_frames):
+        along = start_along + t * travel
+        if dx + dy < 0:  # moving left or up: run the same path backwards
+            along = size - along
+        cx, cy = (along, across) if dx else (across, along)
+        image = Image.new("RGB", (size, size), background)
+        _draw(ImageDraw.Draw(image), obj.shape, cx, cy, r, COLORS[obj.color])
+        pixels = np.asarray(image, dtype=np.int16) + rng.randint(-6, 7, size=(size, size, 3))
+        frames.append(np.clip(pixels, 0, 255).astype(np.uint8))
+    return np.stack(frames)
+
+
+def write_clip(path: Path, frames: np.ndarray, fps: int = 8) -> None:
+    height, width = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write mp4 video {path}")
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+def generate_videos(root: Path, num_train: int, num_test: int, image_size: int, seed: int,
+                    min_frames: int = 8, max_frames: int = 16) -> None:
+    """Write a complete video set into the (new) directory ``root``."""
+    rng = np.random.RandomState(seed)
+    (root / "videos").mkdir(parents=True)
+    train = []
+    for index in range(num_train):
+        obj, direction = random_object(rng), rng.choice(list(DIRECTIONS))
+        name = f"train_{index:05d}"
+        write_clip(root / "videos" / f"{name}.mp4",
+                   render_clip(obj, direction, image_size, rng.randint(min_frames, max_frames + 1), rng))
+        train.append({"video": f"videos/{name}.mp4", "caption": motion_caption(obj, direction), "image_id": name})
+    test, pairs, seen = [], [], set()
+    while len(test) + 1 < num_test:
+        obj, direction = random_object(rng), rng.choice(list(DIRECTIONS))
+        captions = (motion_caption(obj, direction), motion_caption(obj, REVERSED[direction]))
+        if seen & set(captions):
+            continue
+        seen.update(captions)
+        clip = render_clip(obj, direction, image_size, rng.randint(min_frames, max_frames + 1), rng)
+        pairs.append([len(test), len(test) + 1])
+        for caption, frames in zip(captions, (clip, clip[::-1])):
+            name = f"test_{len(test):05d}"
+            write_clip(root / "videos" / f"{name}.mp4", frames)
+            test.append({"video": f"videos/{name}.mp4", "caption": [caption]})
+    _write_splits(root, train, test, pairs)
+
+
+def _write_splits(root: Path, train: list, test: list, pairs: list) -> None:
     for name, content in (("train.json", train), ("test.json", test), ("test_hard_pairs.json", pairs)):
         (root / name).write_text(json.dumps(content))
 
 
-def dataset_dir(num_train: int = 6000, num_test: int = 500, image_size: int = 64, seed: int = 0,
+GENERATORS = {"images": generate_images, "videos": generate_videos}
+
+
+def dataset_dir(kind: str = "images", num_train: int = 6000, num_test: int = 500, image_size: int = 64, seed: int = 0,
                 cache_root: Optional[Path] = None) -> Path:
-    """Where the set with these parameters lives (generated or not)."""
-    key = json.dumps([GENERATOR_VERSION, num_train, num_test, image_size, seed])
+    """Where the set of ``kind`` with these parameters lives (generated or not)."""
+    if kind not in GENERATORS:
+        raise ValueError(f"shapes kind must be one of {list(GENERATORS)}, got {kind!r}")
+    key = json.dumps([GENERATOR_VERSION, kind, num_train, num_test, image_size, seed])
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return (cache_root or cache_dir()) / "shapes" / f"v{GENERATOR_VERSION}-{digest}"
+    return (cache_root or cache_dir()) / "shapes" / f"{kind}-v{GENERATOR_VERSION}-{digest}"
 
 
-def ensure_generated(root: Path, num_train: int = 6000, num_test: int = 500, image_size: int = 64,
-                     seed: int = 0) -> Path:
+def ensure_generated(root: Path, kind: str = "images", num_train: int = 6000, num_test: int = 500,
+                     image_size: int = 64, seed: int = 0) -> Path:
     """Generate the set into ``root`` unless it is already complete there; safe against concurrent callers."""
     if (root / "test.json").is_file():
         return root
     if num_test < 2 or num_train < 1:
-        raise ValueError("the shapes set needs num_train >= 1 and num_test >= 2")
+        raise ValueError("a shapes set needs num_train >= 1 and num_test >= 2")
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
     try:
-        generate(staging / "set", num_train, num_test, image_size, seed)
+        GENERATORS[kind](staging / "set", num_train, num_test, image_size, seed)
         try:
             os.rename(staging / "set", root)
         except OSError:

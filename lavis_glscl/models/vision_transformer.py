@@ -142,6 +142,16 @@ class VisionTransformer(nn.Module):
             nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
             nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Weights for another resolution or frame bound load too: the patch-grid position embeddings are
+        resized bicubically and the temporal embeddings truncated or interpolated to this model's sizes."""
+        positions, temporal = prefix + "positional_embedding", prefix + "temporal_embed"
+        if positions in state_dict and state_dict[positions].shape != self.positional_embedding.shape:
+            state_dict[positions] = resize_position_embedding(state_dict[positions], self.grid_size)
+        if temporal in state_dict and state_dict[temporal].shape != self.temporal_embed.shape:
+            state_dict[temporal] = resize_temporal_embedding(state_dict[temporal], self.max_frames)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def embed(self, images: torch.Tensor, token_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Patch, class, position and temporal embeddings: ``[B, F, 3, H, W]`` → ``[B, F, 1 + N, D]``.
 
