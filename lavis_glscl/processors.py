@@ -79,14 +79,22 @@ def read_video(path: str, num_frames: int, size: int, sampling: str) -> torch.Te
 
 @registry.register_processor("glscl_image_train")
 class GlsclImageTrainProcessor(BlipImageBaseProcessor):
-    """PIL image → ``[3, S, S]``: RandomResizedCrop + horizontal flip + CLIP normalisation."""
+    """PIL image → ``[3, S, S]``: RandomResizedCrop + horizontal flip (+ RandAugment) + CLIP normalisation.
 
-    def __init__(self, image_size=288, min_scale=0.8, max_scale=1.0, hflip_prob=0.5, mean=None, std=None):
+    ``rand_augment: [num_ops, magnitude]`` adds torchvision's RandAugment after the crop (the fine-tuning recipe
+    uses ``[2, 9]`` with ``min_scale: 0.9`` and ``hflip_prob: 0``).
+    """
+
+    def __init__(self, image_size=288, min_scale=0.8, max_scale=1.0, hflip_prob=0.5, mean=None, std=None,
+                 rand_augment=None):
         super().__init__(mean=mean, std=std)
+        augment = [transforms.RandAugment(num_ops=int(rand_augment[0]), magnitude=int(rand_augment[1]))] \
+            if rand_augment else []
         self.transform = transforms.Compose([
             transforms.RandomResizedCrop(image_size, scale=(min_scale, max_scale),
                                          interpolation=InterpolationMode.BICUBIC),
             transforms.RandomHorizontalFlip(p=hflip_prob),
+            *augment,
             transforms.ToTensor(),
             self.normalize,
         ])
@@ -96,7 +104,7 @@ class GlsclImageTrainProcessor(BlipImageBaseProcessor):
         cfg = cfg if cfg is not None else OmegaConf.create()
         return cls(image_size=cfg.get("image_size", 288), min_scale=cfg.get("min_scale", 0.8),
                    max_scale=cfg.get("max_scale", 1.0), hflip_prob=cfg.get("hflip_prob", 0.5),
-                   mean=cfg.get("mean", None), std=cfg.get("std", None))
+                   mean=cfg.get("mean", None), std=cfg.get("std", None), rand_augment=cfg.get("rand_augment", None))
 
 
 @registry.register_processor("glscl_image_eval")

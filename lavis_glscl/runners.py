@@ -82,6 +82,14 @@ class RunnerGlscl(RunnerBase):
         for name, path in (("result_dir", result_dir), ("output_dir", output_dir)):
             registry.mapping["paths"][name] = str(path)
         self.result_dir, self.output_dir = result_dir, output_dir
+        if is_main_process():
+            # <output_dir>/latest always names the newest run, e.g. for a fine-tuning yaml's `pretrained`
+            latest = output_dir.parent / "latest"
+            if latest.is_symlink() or not latest.exists():
+                temporary = output_dir.parent / f".latest.{self.job_id}"
+                temporary.unlink(missing_ok=True)
+                temporary.symlink_to(output_dir.name)
+                os.replace(temporary, latest)
 
     @property
     def model(self):

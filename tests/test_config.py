@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from conftest import TINY_RUN
 
 from lavis_glscl import launch, paths
@@ -38,7 +39,8 @@ def test_unknown_dataset_name_lists_glscl_builders(lavis_glscl, tmp_path):
     with pytest.raises(KeyError) as error:
         launch.check_registered_names(str(bad), [])
     listed = str(error.value).split("Registered by lavis_glscl: ")[1].split(";")[0].split(", ")
-    assert listed == ["glscl_image_text", "glscl_video_text", "shapes_demo", "shapes_video_demo"]
+    assert listed == ["easy_vqa", "glscl_image_text", "glscl_video_text", "glscl_vqa", "shapes_demo",
+                      "shapes_video_demo"]
 
 
 def test_model_type_option_selects_that_types_defaults(lavis_glscl):
@@ -82,3 +84,73 @@ def test_run_yaml_paths_fall_back_to_the_packaged_projects(tmp_path, monkeypatch
     assert Path(resolved).is_file() and Path(resolved).is_absolute()
     with pytest.raises(FileNotFoundError, match="does not exist"):
         paths.run_config_path("projects/glscl/demo/nothing.yaml")
+
+
+def test_model_zoo_lists_every_glscl_model_and_type(lavis_glscl):
+    zoo = lavis_glscl.model_zoo()
+    assert zoo == {"glscl_pretrain": ["base", "demo", "tiny"], "glscl_retrieval": ["base", "demo", "tiny"],
+                   "glscl_vqa": ["base", "demo", "tiny"], "matching_dual_encoder": ["demo", "tiny"]}
+    assert "glscl_retrieval" in str(zoo) and "base, demo, tiny" in str(zoo)
+
+
+def test_lavis_load_model_and_preprocess_builds_glscl_retrieval(lavis_glscl):
+    import torch
+    from lavis.models import load_model_and_preprocess
+    from PIL import Image
+
+    model, vis_processors, text_processors = load_model_and_preprocess("glscl_retrieval", model_type="tiny",
+                                                                       is_eval=True)
+    image = vis_processors["eval"](Image.new("RGB", (40, 50), (255, 0, 0))).unsqueeze(0)
+    caption = text_processors["eval"]("A red square!")
+    assert image.shape == (1, 3, 32, 32) and caption == "a red square"
+    assert not model.training and model.itm_negatives == "hard"
+    with torch.no_grad():
+        tokens = model.encode_image(image.unsqueeze(1))
+    assert tokens.shape == (1, 1 + 16, 32)
+
+
+PROJECT_YAMLS = sorted(p.relative_to(paths.PROJECT_DIR).as_posix() for p in paths.PROJECT_DIR.rglob("*.yaml"))
+COMPARE_YAMLS = [p for p in PROJECT_YAMLS if "compare" in OmegaConf.load(paths.PROJECT_DIR / p)]
+
+
+@pytest.mark.parametrize("project", [p for p in PROJECT_YAMLS if p not in COMPARE_YAMLS])
+def test_every_project_run_yaml_names_registered_parts_and_builds_its_config(lavis_glscl, project):
+    cfg_path = str(paths.PROJECT_DIR / project)
+    launch.check_registered_names(cfg_path, [])
+    cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", cfg_path]))
+    assert cfg.model_cfg.arch and cfg.run_cfg.task and cfg.datasets_cfg
+
+
+@pytest.mark.parametrize("project", COMPARE_YAMLS)
+def test_every_compare_row_builds_a_config_from_its_base_yaml(lavis_glscl, project):
+    spec = OmegaConf.load(paths.PROJECT_DIR / project).compare
+    base = paths.run_config_path(spec.base)
+    for run in spec.runs:
+        for options in [list(run.get("options", []))] + [list(run.get("options", [])) + list(e.options)
+                                                         for e in run.get("evaluations", [])]:
+            launch.check_registered_names(base, options)
+            cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", base, "--options", *options]))
+            assert cfg.model_cfg.arch == OmegaConf.load(base).model.arch
+
+
+@pytest.mark.parametrize("project, image_size, k_test, dataset_type, scale", [
+    ("finetune/retrieval_coco.yaml", 384, 256, "coco", 5.0),
+    ("finetune/retrieval_flickr30k.yaml", 384, 128, "flickr30k", 10.0),
+    ("finetune/retrieval_msrvtt.yaml", 224, 128, "msrvtt", 5.0),
+])
+def test_finetune_yamls_carry_the_paper_recipe_on_lavis_layouts(lavis_glscl, project, image_size, k_test,
+                                                                  dataset_type, scale):
+    from lavis.common.registry import registry
+
+    cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", str(paths.PROJECT_DIR / "glscl" / project)]))
+    model, run = cfg.model_cfg, cfg.run_cfg
+    assert model.vision.image_size == image_size and model.vision.width == 768 and model.fusion.num_layers == 6
+    assert model.loss_weights.rank == 1.0 and model.loss_weights.itm == 0.0 and model.rank_negatives == 15
+    assert model.lr_scales.cross_modal_ == scale and float(run.init_lr) == 5e-6 and run.max_epoch == 10
+    assert run.k_test == k_test
+    (name, dataset), = cfg.datasets_cfg.items()
+    assert dataset.type == dataset_type and dataset.vis_processor.eval.image_size == image_size
+    layout = OmegaConf.load(registry.get_builder_class(name).default_config_path(dataset_type))
+    annotations = layout.datasets[name].build_info.annotations
+    assert sorted(annotations) == ["test", "train", "val"]
+    assert all(not os.path.isabs(a.storage) for a in annotations.values())  # under LAVIS's cache_root

@@ -1,5 +1,6 @@
 """The GLSCL model: objective composition, shared passes, optimizer groups, retrieval scoring."""
 import copy
+import math
 
 import pytest
 import torch
@@ -72,7 +73,7 @@ def test_masks_depend_on_the_step_not_on_the_call(tiny_model):
 
 
 def test_zero_weight_objectives_are_skipped(tiny_model):
-    tiny_model.loss_weights = {"itc": 1.0, "itm": 0.0, "mlm": 0.0, "mgsc": 0.0, "mltc": 0.0}
+    tiny_model.loss_weights = {**{name: 0.0 for name in glscl_module.OBJECTIVES}, "itc": 1.0}
     out = tiny_model(tiny_batch())
     assert set(out.keys()) == {"loss", "loss_itc"}
 
@@ -183,7 +184,7 @@ def test_retrieval_model_is_registered_with_itc_itm_defaults(lavis_glscl):
     out = model(tiny_batch())
     assert set(out.keys()) == {"loss", "loss_itc", "loss_itm"}
     assert model.itm_negatives == "hard"
-    assert glscl_module.OBJECTIVES == ("itc", "itm", "mlm", "mgsc", "mltc")
+    assert glscl_module.OBJECTIVES == ("itc", "itm", "mlm", "mgsc", "mltc", "head", "rank")
 
 
 @torch.no_grad()
@@ -203,3 +204,37 @@ def test_base_type_builds_the_released_architecture(lavis_glscl):
                      "mlm_score", "vision_proj", "language_proj", "cl_temp"}
     out = model(tiny_batch(batch_size=2, image_size=288))
     assert torch.isfinite(out.loss)
+
+
+def test_released_rank_recipe_scores_a_caption_against_its_negatives(lavis_glscl):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(GlsclRetrieval.default_config_path("tiny")).model
+    cfg.loss_weights = {"rank": 1.0, "itc": 0.5}
+    cfg.rank_negatives = 3
+    torch.manual_seed(0)
+    model = GlsclRetrieval.from_config(cfg)
+    torch.testing.assert_close(model.rank_output.weight, model.itm_score.fc.weight[1:2])
+    assert not model.itm_score.fc.weight.requires_grad  # frozen, as released
+    out = model(tiny_batch(batch_size=4))
+    assert set(out.keys()) == {"loss", "loss_rank", "loss_itc"}
+    assert out.loss.item() == pytest.approx(out.loss_rank.item() + 0.5 * out.loss_itc.item(), rel=1e-6)
+    assert 0 < out.loss_rank.item() < 5 and out.loss_rank.item() == pytest.approx(math.log(4), abs=0.5)
+    out.loss.backward()
+    assert model.rank_output.weight.grad.abs().sum() > 0
+    model.rank_negatives = 4
+    with pytest.raises(ValueError, match="needs 4 negative captions"):
+        model(tiny_batch(batch_size=4))
+
+
+def test_rank_output_is_the_retrieval_score_after_fine_tuning(lavis_glscl):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(GlsclRetrieval.default_config_path("tiny")).model
+    cfg.loss_weights = {"rank": 1.0}
+    model = GlsclRetrieval.from_config(cfg)
+    features = torch.randn(3, 64)
+    with torch.no_grad():
+        model.rank_output.weight.add_(1.0)
+    torch.testing.assert_close(model.match_score(features), model.rank_output(features)[:, 0])
+    assert not torch.allclose(model.match_score(features), model.itm_score(features)[:, 1])

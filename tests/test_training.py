@@ -2,7 +2,6 @@
 import json
 import math
 import socket
-import sys
 
 import pytest
 import torch

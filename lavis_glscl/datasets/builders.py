@@ -29,8 +29,19 @@ class LocalFilesBuilder(BaseDatasetBuilder):
     """A builder whose annotations and media are already on disk: missing paths fail before any training.
 
     ``splits: [train, ...]`` in its config builds only those splits (a yaml merge cannot delete a default
-    split, and LAVIS evaluates one dataset per split).
+    split, and LAVIS evaluates one dataset per split).  ``train_batch_group_size: g`` keeps each run of g
+    consecutive training annotations in one batch (``lavis_glscl.datasets.loaders``).
     """
+
+    def build(self):
+        datasets = super().build()
+        group_size = int(self.config.get("train_batch_group_size", 1))
+        if "train" in datasets and group_size > 1:
+            if getattr(datasets["train"], "dropped", None):
+                raise ValueError("train_batch_group_size needs every training annotation usable; "
+                                 f"dropped: {dict(datasets['train'].dropped)}")
+            datasets["train"].batch_group_size = group_size
+        return datasets
 
     def __init__(self, cfg=None):
         super().__init__(cfg)
@@ -61,7 +72,9 @@ class ImageTextPairsBuilder(LocalFilesBuilder):
 
     train_dataset_cls = ImageCaptionDataset
     eval_dataset_cls = ImageRetrievalGallery
-    DATASET_CONFIG_DICT = {"default": config_path("datasets/glscl_image_text/defaults.yaml")}
+    DATASET_CONFIG_DICT = {"default": config_path("datasets/glscl_image_text/defaults.yaml"),
+                           "coco": config_path("datasets/glscl_image_text/coco.yaml"),
+                           "flickr30k": config_path("datasets/glscl_image_text/flickr30k.yaml")}
 
 
 @registry.register_builder("glscl_video_text")

@@ -28,15 +28,21 @@ class GlobalBatchSampler(Sampler[List[int]]):
 
     Global batch ``k`` is slice ``k % per_pass`` of permutation ``k // per_pass`` (a dataset needing more
     batches than one pass holds is cycled with fresh permutations); the last partial global batch of a pass
-    is dropped.
+    is dropped.  With ``group_size`` g, consecutive runs of g indices are permuted as units and always share
+    a rank's batch (hard-negative pairs, for instance).
     """
 
     def __init__(self, dataset_size: int, batch_size: int, num_batches: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, epoch: int = 0, dataset_index: int = 0, start_batch: int = 0, shuffle: bool = True):
+                 seed: int = 0, epoch: int = 0, dataset_index: int = 0, start_batch: int = 0, shuffle: bool = True,
+                 group_size: int = 1):
         global_batch = batch_size * world_size
         if dataset_size < global_batch:
             raise ValueError(f"a training dataset of {dataset_size} samples is smaller than one global batch "
                              f"({batch_size} per rank x {world_size} ranks)")
+        if batch_size % group_size or dataset_size % group_size:
+            raise ValueError(f"group_size {group_size} must divide the batch size ({batch_size}) and the dataset "
+                             f"size ({dataset_size})")
+        self.group_size = group_size
         self.dataset_size = dataset_size
         self.batch_size = batch_size
         self.num_batches = num_batches
@@ -50,7 +56,9 @@ class GlobalBatchSampler(Sampler[List[int]]):
     def _permutation(self, pass_index: int) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.dataset_size)
-        return torch.randperm(self.dataset_size, generator=_seeded_generator(*self.seed_parts, pass_index))
+        groups = torch.randperm(self.dataset_size // self.group_size,
+                                generator=_seeded_generator(*self.seed_parts, pass_index))
+        return (groups.unsqueeze(1) * self.group_size + torch.arange(self.group_size)).flatten()
 
     def __iter__(self) -> Iterator[List[int]]:
         current_pass, permutation = None, None
@@ -101,7 +109,8 @@ class TrainBatches:
         for index, dataset in enumerate(self.datasets):
             sampler = GlobalBatchSampler(len(dataset), self.batch_size, schedule.count(index), self.rank,
                                          self.world_size, self.seed, epoch, index,
-                                         start_batch=schedule[:start_iter].count(index))
+                                         start_batch=schedule[:start_iter].count(index),
+                                         group_size=getattr(dataset, "batch_group_size", 1))
             # An own generator: creating the iterator must not draw from the global RNG, which a resumed
             # run restores from its checkpoint; it also seeds the workers' augmentations per epoch and rank.
             loader = DataLoader(dataset, batch_sampler=sampler, num_workers=self.num_workers,

@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 
 from lavis_glscl.paths import cache_dir
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 COLORS: Dict[str, Tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 90, 235), "yellow": (235, 215, 40),
@@ -233,16 +233,19 @@ def write_clip(path: Path, frames: np.ndarray, fps: int = 8) -> None:
 
 def generate_videos(root: Path, num_train: int, num_test: int, image_size: int, seed: int,
                     min_frames: int = 8, max_frames: int = 16) -> None:
-    """Write a complete video set into the (new) directory ``root``."""
+    """Write a complete video set into the (new) directory ``root``.  Training clips come in consecutive
+    pairs, a clip and its time reversal, as the test pairs do (``train_batch_group_size: 2`` batches them
+    together: each is the other's hardest negative)."""
     rng = np.random.RandomState(seed)
     (root / "videos").mkdir(parents=True)
     train = []
-    for index in range(num_train):
+    for _ in range(num_train // 2):
         obj, direction = random_object(rng), rng.choice(list(DIRECTIONS))
-        name = f"train_{index:05d}"
-        write_clip(root / "videos" / f"{name}.mp4",
-                   render_clip(obj, direction, image_size, rng.randint(min_frames, max_frames + 1), rng))
-        train.append({"video": f"videos/{name}.mp4", "caption": motion_caption(obj, direction), "image_id": name})
+        clip = render_clip(obj, direction, image_size, rng.randint(min_frames, max_frames + 1), rng)
+        for frames, motion in ((clip, direction), (clip[::-1], REVERSED[direction])):
+            name = f"train_{len(train):05d}"
+            write_clip(root / "videos" / f"{name}.mp4", frames)
+            train.append({"video": f"videos/{name}.mp4", "caption": motion_caption(obj, motion), "image_id": name})
     test, pairs, seen = [], [], set()
     while len(test) + 1 < num_test:
         obj, direction = random_object(rng), rng.choice(list(DIRECTIONS))

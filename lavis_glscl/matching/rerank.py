@@ -14,11 +14,12 @@ def no_rerank(scores: torch.Tensor) -> torch.Tensor:
     return scores
 
 
-def inverted_softmax(scores: torch.Tensor, beta: float) -> torch.Tensor:
+def inverted_softmax(scores: torch.Tensor, beta: float = 20.0) -> torch.Tensor:
     """Inverted softmax (Smith et al. 2017): each gallery column normalised over the queries.
 
     ``out[q, j] = exp(beta * S[q, j]) / sum_q' exp(beta * S[q', j])`` for ``scores`` ``S`` ``[Q, G]``;
-    a softmax over dim 0, so it cannot overflow.  Adding a constant to ``S`` changes nothing.
+    a softmax over dim 0, so it cannot overflow.  Adding a constant to ``S`` changes nothing.  The default
+    ``beta = 20`` is QB-Norm's setting for cosine scores.
     """
     return torch.softmax(beta * scores, dim=0)
 

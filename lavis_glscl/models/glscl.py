@@ -14,6 +14,8 @@ ITC + ITM + MLM + MGSC (passes P1: dropped image + full text, P2: full image + m
 by the objectives that use it (``share_unimodal_passes``); ``False`` recomputes it per use, as the
 released code does.  All random decisions come from :class:`StepRandomness`.
 """
+import importlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Callable, Dict, List, NamedTuple, Optional
@@ -21,29 +23,32 @@ from typing import Callable, Dict, List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from lavis.common.registry import registry
-from lavis.models.base_model import BaseModel
-from omegaconf import OmegaConf
 from torch import nn
 from transformers.modeling_outputs import ModelOutput
 
 from lavis_glscl.distributed import all_gather_no_grad, all_gather_with_grad, all_reduce_sum, world
+from lavis_glscl.matching import build_loss, build_similarity_head
 from lavis_glscl.models import objectives
+from lavis_glscl.models.base import ConfiguredModel
+from lavis_glscl.models.checkpoints import (MAE_DECODER_PREFIXES, LoadReport, load_clip_vision, load_hf_clip_vision,
+                                            read_checkpoint)
 from lavis_glscl.models.co_attention import CoAttentionLayer, co_attention_config, extended_attention_mask
 from lavis_glscl.models.heads import ITMHead, MLMHead, Pooler, projection_head
 from lavis_glscl.models.masking import (StepRandomness, keep_patch_indices, mgsc_text_mask, mlm_mask,
                                         patch_token_mask)
 from lavis_glscl.models.negatives import forbidden_negatives, hard_negatives, negative_rows, random_partners
-from lavis_glscl.models.retrieval import itm_rerank
-from lavis_glscl.models.text_encoder import build_text_encoder
+from lavis_glscl.models.retrieval import itm_rerank, rerank_both_directions
+from lavis_glscl.models.text_encoder import TextBatch, build_text_encoder, tokenize
 from lavis_glscl.models.vision_transformer import VisionTransformer
-from lavis_glscl.paths import config_path
+from lavis_glscl.paths import PACKAGE_PREFIX, config_path
 
-OBJECTIVES = ("itc", "itm", "mlm", "mgsc", "mltc")
+OBJECTIVES = ("itc", "itm", "mlm", "mgsc", "mltc", "head", "rank")
 
 
 @dataclass
 class GlsclOutput(ModelOutput):
-    """Total loss and each objective's (unweighted) loss; MGSC and MLTC are split by modality."""
+    """Total loss and each objective's (unweighted) loss; MGSC and MLTC are split by modality; ``loss_head`` is
+    the optional matching-toolkit similarity head's loss; ``loss_rank`` the released retrieval fine-tuning loss."""
 
     loss: Optional[torch.Tensor] = None
     loss_itc: Optional[torch.Tensor] = None
@@ -53,6 +58,9 @@ class GlsclOutput(ModelOutput):
     loss_mgsc_text: Optional[torch.Tensor] = None
     loss_mltc_image: Optional[torch.Tensor] = None
     loss_mltc_text: Optional[torch.Tensor] = None
+    loss_head: Optional[torch.Tensor] = None
+    loss_rank: Optional[torch.Tensor] = None
+    loss_vqa: Optional[torch.Tensor] = None
 
 
 class FusionOutput(NamedTuple):
@@ -60,12 +68,6 @@ class FusionOutput(NamedTuple):
     image_feats: torch.Tensor  # [B, F + F * K, D]
     cls_feats: torch.Tensor  # [B, 2D]: pooled text, pooled image
     text_to_image_attentions: Optional[List[torch.Tensor]]  # per layer [B, heads, L, F + F * K]
-
-
-class TextBatch(NamedTuple):
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
-    maskable: torch.Tensor  # [B, L] bool: real, non-special tokens
 
 
 class UnimodalPasses:
@@ -100,10 +102,24 @@ def visual_input(samples: dict) -> torch.Tensor:
     raise KeyError(f"samples need an 'image' or 'video' entry, got keys {sorted(samples)}")
 
 
-class GlsclModel(BaseModel):
+def initialise_vision(vit: VisionTransformer, format: str, path: str) -> LoadReport:
+    """CLIP vision weights for the ViT at construction: ``format`` ``openai`` (a state dict or OpenAI's
+    TorchScript file) or ``hf`` (a local ``CLIPVisionModel`` directory)."""
+    if format == "openai":
+        report = load_clip_vision(vit, read_checkpoint(path))
+    elif format == "hf":
+        report = load_hf_clip_vision(vit, path)
+    else:
+        raise ValueError(f"vision_init.format must be 'openai' or 'hf', got {format!r}")
+    logging.info("CLIP vision weights from %s: missing %s, unused %s", path, report.missing, report.unused)
+    return report
+
+
+class GlsclModel(ConfiguredModel):
     """Shared GLSCL architecture, objectives and retrieval scoring; registered subclasses set defaults."""
 
-    PRETRAINED_MODEL_CONFIG_DICT: Dict[str, str] = {}
+    RELEASED_UNUSED_OK = MAE_DECODER_PREFIXES
+    RELEASED_MISSING_OK = ("rank_output",)
 
     def __init__(self, vision: dict, text: dict, fusion: dict, embed_dim: int = 512, itc_temperature: float = 0.07,
                  loss_weights: Optional[dict] = None, itm_negatives: str = "random", mlm_probability: float = 0.15,
@@ -111,11 +127,16 @@ class GlsclModel(BaseModel):
                  mgsc_text_mask_with_replacement: bool = True, mgsc_temperature: float = 0.03,
                  mltc_image_mask_ratio: float = 0.3, mltc_temperature: float = 0.03, mltc_image_gather: bool = False,
                  mltc_on_video: bool = True, share_unimodal_passes: bool = True, mask_seed: int = 0,
-                 lr_scales: Optional[dict] = None, freeze: Optional[List[str]] = None):
+                 lr_scales: Optional[dict] = None, freeze: Optional[List[str]] = None,
+                 contrastive_loss: Optional[str] = None, contrastive_loss_options: Optional[Dict[str, dict]] = None,
+                 similarity_head: Optional[str] = None, similarity_head_options: Optional[Dict[str, dict]] = None,
+                 head_eval_weight: float = 1.0, vision_init: Optional[dict] = None, rank_negatives: int = 15):
         super().__init__()
         text = dict(text)
         self.max_text_length = int(text.pop("max_length", 50))
         self.vision_transformer = VisionTransformer(**vision)
+        if vision_init:
+            self.vision_init_report = initialise_vision(self.vision_transformer, **vision_init)
         self.text_transformer, self.tokenizer = build_text_encoder(**text)
         hidden = fusion["hidden_size"]
         fusion_config = co_attention_config(hidden, fusion["num_heads"], fusion["intermediate_size"],
@@ -162,15 +183,41 @@ class GlsclModel(BaseModel):
         self.share_unimodal_passes = share_unimodal_passes
         self.mask_seed = mask_seed
         self.lr_scales = dict(lr_scales or {})
+        self.contrastive_fn = (build_loss(contrastive_loss, **(contrastive_loss_options or {}).get(contrastive_loss, {}))
+                               if contrastive_loss else None)
+        self.head_fn = (build_similarity_head(similarity_head,
+                                              **(similarity_head_options or {}).get(similarity_head, {}))
+                        if similarity_head else None)
+        if weights["head"] and self.head_fn is None:
+            raise ValueError("loss_weights.head is set but no similarity_head is configured")
+        self.head_eval_weight = float(head_eval_weight) if self.head_fn is not None else 0.0
+        self.rank_negatives = int(rank_negatives)
+        if weights["rank"]:
+            # The released recipe scores pairs with the ITM head's "match" row, as a 2D -> 1 linear layer; the
+            # ITM head itself stays as pre-trained unless ITM is trained too.
+            self.rank_output = nn.Linear(2 * hidden, 1)
+            self.init_rank_output()
+            if not weights["itm"]:
+                self.itm_score.requires_grad_(False)
         self._steps_without_schedule = 0
-        # The text pooler is never used (GLSCL pools in the fusion layers); frozen so DDP sees no unused grads.
-        for name, param in self.named_parameters():
-            if name.startswith("text_transformer.pooler.") or any(name.startswith(p) for p in (freeze or [])):
-                param.requires_grad_(False)
+        self.freeze(freeze or [])
 
     @property
     def device(self) -> torch.device:
         return self.cl_temp.device
+
+    @torch.no_grad()
+    def init_rank_output(self) -> None:
+        self.rank_output.weight.copy_(self.itm_score.fc.weight[1:2])
+        self.rank_output.bias.copy_(self.itm_score.fc.bias[1:2])
+
+    def load_checkpoint(self, url_or_filename):
+        """As ``ConfiguredModel.load_checkpoint``; a checkpoint without ``rank_output`` (any pre-training one)
+        re-initialises it from its ITM head, as the released fine-tuning does."""
+        report = super().load_checkpoint(url_or_filename)
+        if hasattr(self, "rank_output") and "rank_output.weight" in report.missing:
+            self.init_rank_output()
+        return report
 
     @staticmethod
     def _init_bert_weights(module: nn.Module) -> None:
@@ -184,10 +231,7 @@ class GlsclModel(BaseModel):
 
     # ------------------------------------------------------------------ encoders and fusion
     def tokenize(self, captions: List[str]) -> TextBatch:
-        encoded = self.tokenizer(list(captions), padding="longest", truncation=True, max_length=self.max_text_length,
-                                 return_special_tokens_mask=True, return_tensors="pt").to(self.device)
-        maskable = encoded.attention_mask.bool() & ~encoded.special_tokens_mask.bool()
-        return TextBatch(encoded.input_ids, encoded.attention_mask, maskable)
+        return tokenize(self.tokenizer, captions, self.max_text_length, self.device)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unimodal text tokens after the bridge: ``[B, L]`` ids → ``[B, L, D]``."""
@@ -251,7 +295,10 @@ class GlsclModel(BaseModel):
             image_embeds = self.image_embedding(image_full(), frames)
             text_embeds = self.text_embedding(text_full())
             if weights["itc"]:
-                losses["itc"] = objectives.itc_loss(image_embeds, text_embeds, self.cl_temp, all_gather_with_grad)
+                losses["itc"] = self._contrastive_loss(image_embeds, text_embeds, samples)
+        if weights["head"]:
+            head_scores = self.head_fn(image_full()[:, frames:], text_full(), None, text.maskable)
+            losses["head"] = self._matching_loss(head_scores, samples.get("image_id"))
         if weights["itm"]:
             losses["itm"] = self._itm_loss(samples, images, text, image_full, text_full, noise, rng,
                                            (image_embeds, text_embeds) if self.itm_negatives == "hard" else None)
@@ -259,7 +306,54 @@ class GlsclModel(BaseModel):
             losses["mlm"] = self._mlm_loss(text, image_full, frames, noise, passes)
         if weights["mgsc"] or weights["mltc"]:
             losses.update(self._completion_losses(images, text, image_full, text_full, noise, passes))
+        if weights["rank"]:
+            losses["rank"] = self._rank_loss(samples, text, image_full(), text_full(), frames, noise, rng)
         return self._total(losses)
+
+    def _rank_loss(self, samples, text: TextBatch, image_tokens, text_tokens, frames: int, noise,
+                   rng: StepRandomness) -> torch.Tensor:
+        """The released retrieval fine-tuning loss: each image scores its caption and ``rank_negatives`` random
+        captions of other images from the global batch with ``rank_output``; cross-entropy over them."""
+        batch = image_tokens.shape[0]
+        ids = samples.get("image_id")
+        row_ids = ids.to(self.device) if torch.is_tensor(ids) else None
+        forbidden = forbidden_negatives(rng.row_offset, batch, rng.global_batch_size, row_ids,
+                                        all_gather_no_grad(row_ids) if row_ids is not None else None, self.device)
+        available = int((~forbidden).sum(dim=1).min())
+        if available < self.rank_negatives:
+            raise ValueError(f"the rank loss needs {self.rank_negatives} negative captions per image, the global batch "
+                             f"offers {available}: raise the batch size or lower rank_negatives")
+        negatives = self._noise(noise, "itm_partner").masked_fill(forbidden, 2.0).topk(
+            self.rank_negatives, dim=1, largest=False).indices  # [B, K] global caption indices
+        all_text = all_gather_with_grad(text_tokens, pad_dim=1)
+        all_mask = all_gather_no_grad(text.attention_mask, pad_dim=1)
+        padding = all_mask.shape[1] - text.attention_mask.shape[1]
+        own_text, own_mask = F.pad(text_tokens, (0, 0, 0, padding)), F.pad(text.attention_mask, (0, padding))
+        candidates = torch.cat([own_text.unsqueeze(1), all_text[negatives]], dim=1)  # [B, 1 + K, L, D]
+        masks = torch.cat([own_mask.unsqueeze(1), all_mask[negatives]], dim=1)
+        pairs = 1 + self.rank_negatives
+        fusion = self.fuse(candidates.flatten(0, 1), masks.flatten(0, 1),
+                           image_tokens.repeat_interleave(pairs, dim=0), frames)
+        scores = self.rank_output(fusion.cls_feats).view(batch, pairs)
+        return F.cross_entropy(scores, torch.zeros(batch, dtype=torch.long, device=self.device))
+
+    def _contrastive_loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, samples: dict) -> torch.Tensor:
+        """ITC over the global batch: GLSCL's NSL with the learnable temperature, or a matching-toolkit loss."""
+        if self.contrastive_fn is None:
+            return objectives.itc_loss(image_embeds, text_embeds, self.cl_temp, all_gather_with_grad)
+        image_embeds = all_gather_with_grad(F.normalize(image_embeds, dim=-1))
+        text_embeds = all_gather_with_grad(F.normalize(text_embeds, dim=-1))
+        ids = samples.get("image_id")
+        return self._matching_loss(image_embeds @ text_embeds.t(),
+                                   all_gather_no_grad(ids.to(self.device)) if torch.is_tensor(ids) else None)
+
+    def _matching_loss(self, sim: torch.Tensor, ids: Optional[torch.Tensor]) -> torch.Tensor:
+        """The configured matching loss (NSL at ``cl_temp`` by default) on a square score matrix; samples sharing
+        an id are all positives."""
+        if self.contrastive_fn is None:
+            return objectives.norm_softmax_loss(sim, self.cl_temp)
+        positives = ids.to(sim.device).unsqueeze(1) == ids.to(sim.device).unsqueeze(0) if torch.is_tensor(ids) else None
+        return self.contrastive_fn(sim, positives=positives)
 
     def _step_randomness(self, samples: dict, batch: int) -> StepRandomness:
         if "iters" in samples:
@@ -391,7 +485,7 @@ class GlsclModel(BaseModel):
     @torch.no_grad()
     def compute_sim_matrix(self, data_loader, task_cfg):
         """Image-text score matrices for LAVIS's ``retrieval`` task: ITC similarity for every pair, then each
-        query's top-``k_test`` re-ranked by the ITM match logit (plus the similarity, as LAVIS's evaluators do).
+        query's top-``k_test`` re-ranked by :meth:`match_score` (plus the similarity, as LAVIS's evaluators do).
 
         Returns numpy ``(scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img])``.  Every rank must see the whole
         gallery (``use_dist_eval_sampler: False``); query rows are split across ranks and summed.
@@ -400,7 +494,7 @@ class GlsclModel(BaseModel):
         pairs_per_batch = int(task_cfg.get("itm_pairs_per_batch", 256))
         add_sims = bool(task_cfg.get("rerank_add_itc", True))
         dataset = data_loader.dataset
-        text_tokens, text_masks, text_embeds = self._encode_gallery_texts(dataset.text)
+        text_tokens, text_masks, text_maskable, text_embeds = self._encode_gallery_texts(dataset.text)
         image_tokens, image_embeds, frames = [], [], 1
         for samples in data_loader:
             images = visual_input(samples).to(self.device)
@@ -413,29 +507,44 @@ class GlsclModel(BaseModel):
             raise RuntimeError(f"the evaluation loader yielded {image_embeds.shape[0]} of {len(dataset)} gallery items; "
                                f"retrieval needs the whole gallery on every rank: set run.use_dist_eval_sampler: False")
         sims = image_embeds @ text_embeds.t()
+        if self.head_eval_weight:
+            sims = sims + self.head_eval_weight * torch.cat([
+                self.head_fn(chunk[:, frames:].to(self.device), text_tokens.to(self.device), None,
+                             text_maskable.to(self.device)) for chunk in image_tokens.split(256)])
 
         def itm_scores(image_idx, text_idx):
             fusion = self.fuse(text_tokens[text_idx].to(self.device), text_masks[text_idx].to(self.device),
                                image_tokens[image_idx].to(self.device), frames)
-            return self.itm_score(fusion.cls_feats)[:, 1]
+            return self.match_score(fusion.cls_feats)
 
         scores_i2t = itm_rerank(sims, k_test, itm_scores, pairs_per_batch, add_sims, progress="i2t ITM re-rank")
         scores_t2i = itm_rerank(sims.t().contiguous(), k_test, lambda t, i: itm_scores(i, t), pairs_per_batch,
                                 add_sims, progress="t2i ITM re-rank")
-        return (all_reduce_sum(scores_i2t).float().cpu().numpy(), all_reduce_sum(scores_t2i).float().cpu().numpy())
+        scores_i2t, scores_t2i = rerank_both_directions(all_reduce_sum(scores_i2t), all_reduce_sum(scores_t2i), task_cfg)
+        return scores_i2t.float().cpu().numpy(), scores_t2i.float().cpu().numpy()
+
+    def match_score(self, cls_feats: torch.Tensor) -> torch.Tensor:
+        """Cross-encoder score ``[P]`` of fused pairs: the fine-tuned ``rank_output`` when the model has one, else
+        the ITM head's "match" logit."""
+        if hasattr(self, "rank_output"):
+            return self.rank_output(cls_feats)[:, 0]
+        return self.itm_score(cls_feats)[:, 1]
 
     def _encode_gallery_texts(self, captions: List[str], chunk: int = 256):
-        tokens, masks, embeds = [], [], []
+        """Unimodal tokens ``[N, L, D]`` (on the CPU), padding masks, maskable-token masks and ITC embeddings."""
+        tokens, masks, maskable, embeds = [], [], [], []
         for start in range(0, len(captions), chunk):
             text = self.tokenize(captions[start:start + chunk])
             encoded = self.encode_text(text.input_ids, text.attention_mask)
             tokens.append(encoded.cpu())
             masks.append(text.attention_mask.cpu())
+            maskable.append(text.maskable.cpu())
             embeds.append(F.normalize(self.text_embedding(encoded), dim=-1))
         length = max(t.shape[1] for t in tokens)
         tokens = torch.cat([F.pad(t, (0, 0, 0, length - t.shape[1])) for t in tokens])
         masks = torch.cat([F.pad(m, (0, length - m.shape[1])) for m in masks])
-        return tokens, masks, torch.cat(embeds)
+        maskable = torch.cat([F.pad(m, (0, length - m.shape[1])) for m in maskable])
+        return tokens, masks, maskable, torch.cat(embeds)
 
     # ------------------------------------------------------------------ optimisation and construction
     def lr_scale_of(self, name: str) -> float:
@@ -454,32 +563,6 @@ class GlsclModel(BaseModel):
             group = groups.setdefault((scale, decay), {"params": [], "weight_decay": decay, "lr_scale": scale})
             group["params"].append(param)
         return list(groups.values())
-
-    @classmethod
-    def default_config_path(cls, model_type):
-        if model_type not in cls.PRETRAINED_MODEL_CONFIG_DICT:
-            raise KeyError(f"unknown model_type {model_type!r} for {cls.__name__}; "
-                           f"known: {sorted(cls.PRETRAINED_MODEL_CONFIG_DICT)}")
-        return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
-
-    @classmethod
-    def from_config(cls, cfg):
-        cfg = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
-        options = OmegaConf.to_container(cfg, resolve=True)
-        checkpoint = {key: options.pop(key, None) for key in ("pretrained", "finetuned", "load_finetuned")}
-        for key in ("arch", "model_type", "load_pretrained"):
-            options.pop(key, None)
-        model = cls(**options)
-        path = checkpoint["finetuned"] if checkpoint["load_finetuned"] else checkpoint["pretrained"]
-        if path:
-            model.load_checkpoint(path)
-        return model
-
-    def load_checkpoint(self, url_or_filename):
-        message = super().load_checkpoint(url_or_filename)
-        if message.unexpected_keys:
-            logging.info("Unused checkpoint keys: %s", message.unexpected_keys)
-        return message
 
 
 @registry.register_model("glscl_pretrain")
@@ -502,3 +585,82 @@ class GlsclRetrieval(GlsclModel):
         "demo": config_path("models/glscl/retrieval_demo.yaml"),
         "tiny": config_path("models/glscl/retrieval_tiny.yaml"),
     }
+
+
+def load_answer_list(spec: str) -> List[str]:
+    """The VQA answer vocabulary: a json list file, or ``package:<module>`` for a package with ``get_answers()``
+    (``package:easy_vqa``)."""
+    if spec.startswith(PACKAGE_PREFIX):
+        return list(importlib.import_module(spec[len(PACKAGE_PREFIX):]).get_answers())
+    with open(spec) as handle:
+        return list(json.load(handle))
+
+
+@registry.register_model("glscl_vqa")
+class GlsclVqa(GlsclModel):
+    """GLSCL for VQA as classification over an answer vocabulary (the released recipe): an MLP on the pooled
+    fused features ``[B, 2D]``, binary cross-entropy on soft answer scores, scaled by the vocabulary size.
+
+    Training samples follow LAVIS's VQA collater (``image``, ``text_input`` questions, flattened ``answer``
+    strings with ``weight`` and ``n_answers``); ``predict_answers`` serves LAVIS's ``vqa`` task.
+    """
+
+    # The architecture of each type is the pre-training one; the answer vocabulary comes with the run's data.
+    PRETRAINED_MODEL_CONFIG_DICT = GlsclPretrain.PRETRAINED_MODEL_CONFIG_DICT
+    RELEASED_MISSING_OK = ("rank_output", "vqa_classifier")
+
+    def __init__(self, answer_list: Optional[str] = None, **kwargs):
+        if not answer_list:
+            raise ValueError("glscl_vqa needs model.answer_list: a json list of answers, or package:easy_vqa")
+        kwargs["loss_weights"] = {}  # the type yaml's pre-training objectives do not apply
+        super().__init__(**kwargs)
+        self.answers = load_answer_list(answer_list)
+        self.answer_index = {answer: index for index, answer in enumerate(self.answers)}
+        hidden = self.cross_modal_text_pooler.dense.in_features
+        self.vqa_classifier = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(),
+                                            nn.Linear(2 * hidden, len(self.answers)))
+        self.vqa_classifier.apply(self._init_bert_weights)
+        # Only the fused features are used: the pre-training heads take no part.
+        for head in (self.itm_score, self.mlm_score, self.vision_proj, self.language_proj):
+            head.requires_grad_(False)
+        self.cl_temp.requires_grad_(False)
+
+    def answer_logits(self, samples: dict) -> torch.Tensor:
+        """``[B, num_answers]`` logits for the questions ``samples['text_input']`` about ``samples['image']``."""
+        images = visual_input(samples)
+        text = self.tokenize(samples["text_input"])
+        fusion = self.fuse(self.encode_text(text.input_ids, text.attention_mask), text.attention_mask,
+                           self.encode_image(images), images.shape[1])
+        return self.vqa_classifier(fusion.cls_feats)
+
+    def soft_targets(self, answers: List[str], weights: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """``[B, num_answers]`` answer scores from LAVIS's flattened answers; answers outside the vocabulary are
+        dropped (counted in the log)."""
+        targets = torch.zeros(len(counts), len(self.answers), device=self.device)
+        rows = torch.arange(len(counts)).repeat_interleave(counts.cpu())
+        unknown = 0
+        for row, answer, weight in zip(rows.tolist(), answers, weights.tolist()):
+            if answer in self.answer_index:
+                targets[row, self.answer_index[answer]] += weight
+            else:
+                unknown += 1
+        if unknown:
+            logging.debug("%d answers outside the VQA vocabulary were ignored", unknown)
+        return targets.clamp(max=1.0)
+
+    def forward(self, samples: dict) -> GlsclOutput:
+        logits = self.answer_logits(samples)
+        targets = self.soft_targets(samples["answer"], samples["weight"], samples["n_answers"])
+        loss = F.binary_cross_entropy_with_logits(logits, targets) * targets.shape[1]
+        return GlsclOutput(loss=loss, loss_vqa=loss)
+
+    @torch.no_grad()
+    def predict_answers(self, samples: dict, answer_list=None, **kwargs) -> List[str]:
+        """The highest-scoring answer per question (LAVIS's ``vqa`` task calls this; its generation options do
+        not apply to a classifier).  With ``answer_list``, only those answers are candidates."""
+        logits = self.answer_logits(samples)
+        if answer_list:
+            allowed = torch.full((len(self.answers),), float("-inf"), device=logits.device)
+            allowed[[self.answer_index[a] for a in answer_list if a in self.answer_index]] = 0.0
+            logits = logits + allowed
+        return [self.answers[i] for i in logits.argmax(dim=1).tolist()]

@@ -1,10 +1,12 @@
-"""Retrieval scoring: an ITC shortlist re-ranked by a cross-encoder, batched across queries."""
+"""Retrieval scoring: an ITC shortlist re-ranked by a cross-encoder (batched across queries), and the matching
+toolkit's score re-rankers applied to whole score matrices."""
 from typing import Callable, Tuple
 
 import torch
 from tqdm import tqdm
 
 from lavis_glscl.distributed import rank_row_range, world
+from lavis_glscl.matching import build_reranker
 
 PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,3 +43,15 @@ def itm_rerank(sims: torch.Tensor, k: int, score_pairs: PairScorer, pairs_per_ba
     below = own - own.max(dim=1, keepdim=True).values + floor
     scores[start:end] = below.scatter(1, top_idx, shortlist)
     return scores
+
+
+def rerank_both_directions(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor, task_cfg) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Apply the run's re-ranker to both full score matrices (queries are rows; see ``lavis_glscl.matching.rerank``):
+    ``rerank: inverted_softmax`` with ``rerank_options: {inverted_softmax: {beta: 20}}``.  No ``rerank``, or
+    ``none``, leaves them unchanged."""
+    name = task_cfg.get("rerank") or "none"
+    if name == "qb_norm":
+        raise ValueError("rerank 'qb_norm' needs the scores of a querybank of training queries, which an evaluation "
+                         "run does not have; call lavis_glscl.matching.querybank_normalise directly")
+    rerank = build_reranker(name, **dict((task_cfg.get("rerank_options") or {}).get(name, {})))
+    return rerank(scores_i2t), rerank(scores_t2i)

@@ -1,6 +1,7 @@
 """The text tower: a Hugging Face ``AutoModel`` (BERT or RoBERTa family) and its tokenizer, from local files."""
-from typing import Mapping, Optional, Tuple
+from typing import List, Mapping, NamedTuple, Optional, Tuple
 
+import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from lavis_glscl.paths import resolve_local_model_dir
@@ -24,3 +25,17 @@ def build_text_encoder(path: str, pretrained: bool = True, config_overrides: Opt
         model = AutoModel.from_config(config)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, use_fast=True)
     return model, tokenizer
+
+
+class TextBatch(NamedTuple):
+    input_ids: torch.Tensor  # [B, L]
+    attention_mask: torch.Tensor  # [B, L]
+    maskable: torch.Tensor  # [B, L] bool: real, non-special tokens
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, captions: List[str], max_length: int, device) -> TextBatch:
+    """Pad to the longest caption of the batch, truncate to ``max_length``."""
+    encoded = tokenizer(list(captions), padding="longest", truncation=True, max_length=max_length,
+                        return_special_tokens_mask=True, return_tensors="pt").to(device)
+    maskable = encoded.attention_mask.bool() & ~encoded.special_tokens_mask.bool()
+    return TextBatch(encoded.input_ids, encoded.attention_mask, maskable)

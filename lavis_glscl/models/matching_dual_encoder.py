@@ -1,0 +1,123 @@
+"""``matching_dual_encoder``: a plain dual encoder (the project's ViT + a HF text encoder) trained with any loss
+and similarity head of the matching toolkit, so the toolkit can be used and compared without GLSCL.
+
+Image embedding: projected (mean of the) frame CLS; text embedding: projected CLS; both L2-normalised.
+Shapes: images ``[B, F, 3, H, W]``; projected tokens ``[B, F + F * N, E]`` and ``[B, L, E]``.
+
+Training: the ``loss`` named in ``lavis_glscl.matching.MATCHING_LOSSES`` on the cosine matrix of the global
+batch (samples sharing an ``image_id`` are all positives), plus ``head_weight`` x the same loss on the score
+matrix of ``similarity_head`` over this rank's patch and word tokens.  Evaluation: cosine similarity plus
+``head_weight`` x head score for every pair, then the run's ``rerank``.
+
+Parts are chosen by name and configured by name (``loss_options: {vse++: {margin: 0.2}, infonce: {...}}``):
+LAVIS merges default and run yamls key by key, so switching ``loss: vse++`` never inherits another loss's
+options.
+"""
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from lavis.common.registry import registry
+from torch import nn
+
+from lavis_glscl.distributed import all_gather_no_grad, all_gather_with_grad
+from lavis_glscl.matching import build_loss, build_similarity_head
+from lavis_glscl.models.base import ConfiguredModel
+from lavis_glscl.models.glscl import GlsclOutput, visual_input
+from lavis_glscl.models.retrieval import rerank_both_directions
+from lavis_glscl.models.text_encoder import TextBatch, build_text_encoder, tokenize
+from lavis_glscl.models.vision_transformer import VisionTransformer
+from lavis_glscl.paths import config_path
+
+
+@registry.register_model("matching_dual_encoder")
+class MatchingDualEncoder(ConfiguredModel):
+    PRETRAINED_MODEL_CONFIG_DICT = {
+        "demo": config_path("models/matching_dual_encoder/demo.yaml"),
+        "tiny": config_path("models/matching_dual_encoder/tiny.yaml"),
+    }
+
+    def __init__(self, vision: dict, text: dict, embed_dim: int = 256, loss: str = "infonce",
+                 loss_options: Optional[Dict[str, dict]] = None, similarity_head: Optional[str] = None,
+                 similarity_head_options: Optional[Dict[str, dict]] = None, head_weight: float = 1.0,
+                 freeze: Optional[List[str]] = None):
+        super().__init__()
+        text = dict(text)
+        self.max_text_length = int(text.pop("max_length", 50))
+        self.vision_transformer = VisionTransformer(**vision)
+        self.text_transformer, self.tokenizer = build_text_encoder(**text)
+        self.vision_proj = nn.Linear(self.vision_transformer.width, embed_dim)
+        self.text_proj = nn.Linear(self.text_transformer.config.hidden_size, embed_dim)
+        self.loss_fn = build_loss(loss, **(loss_options or {}).get(loss, {}))
+        self.head_fn = (build_similarity_head(similarity_head, **(similarity_head_options or {}).get(similarity_head, {}))
+                        if similarity_head else None)
+        self.head_weight = float(head_weight)
+        self.freeze(freeze or [])
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_proj.weight.device
+
+    def tokenize(self, captions: List[str]) -> TextBatch:
+        return tokenize(self.tokenizer, captions, self.max_text_length, self.device)
+
+    def encode_image(self, images: torch.Tensor):
+        """``[B, F, 3, H, W]`` → (L2-normalised embedding ``[B, E]``, projected patch tokens ``[B, F * N, E]``)."""
+        frames = images.shape[1]
+        tokens = self.vision_proj(self.vision_transformer(images))
+        return F.normalize(tokens[:, :frames].mean(dim=1), dim=-1), tokens[:, frames:]
+
+    def encode_text(self, text: TextBatch):
+        """Ids ``[B, L]`` → (L2-normalised embedding ``[B, E]``, projected tokens ``[B, L, E]``)."""
+        hidden = self.text_transformer(input_ids=text.input_ids, attention_mask=text.attention_mask).last_hidden_state
+        tokens = self.text_proj(hidden)
+        return F.normalize(tokens[:, 0], dim=-1), tokens
+
+    def forward(self, samples: dict) -> GlsclOutput:
+        images = visual_input(samples)
+        text = self.tokenize(samples["text_input"])
+        image_embeds, patch_tokens = self.encode_image(images)
+        text_embeds, word_tokens = self.encode_text(text)
+        all_image_embeds, all_text_embeds = all_gather_with_grad(image_embeds), all_gather_with_grad(text_embeds)
+        positives = None
+        if torch.is_tensor(samples.get("image_id")):
+            ids = all_gather_no_grad(samples["image_id"].to(self.device))
+            positives = ids.unsqueeze(1) == ids.unsqueeze(0)
+        losses = {"loss_itc": self.loss_fn(all_image_embeds @ all_text_embeds.t(), positives=positives)}
+        total = losses["loss_itc"]
+        if self.head_fn is not None:
+            local_ids = samples.get("image_id")
+            local_positives = (local_ids.unsqueeze(1) == local_ids.unsqueeze(0)).to(self.device) \
+                if torch.is_tensor(local_ids) else None
+            head_scores = self.head_fn(patch_tokens, word_tokens, None, text.maskable)
+            losses["loss_head"] = self.loss_fn(head_scores, positives=local_positives)
+            total = total + self.head_weight * losses["loss_head"]
+        return GlsclOutput(loss=total, **losses)
+
+    @torch.no_grad()
+    def compute_sim_matrix(self, data_loader, task_cfg):
+        """Scores for LAVIS's ``retrieval`` task: cosine (+ weighted head score) for every pair, re-ranked by the
+        run's ``rerank`` option.  Every rank scores the whole gallery (``use_dist_eval_sampler: False``)."""
+        captions = data_loader.dataset.text
+        text_embeds, word_tokens, word_masks = [], [], []
+        for start in range(0, len(captions), 256):
+            text = self.tokenize(captions[start:start + 256])
+            embeds, tokens = self.encode_text(text)
+            text_embeds.append(embeds)
+            word_tokens.append(tokens)
+            word_masks.append(text.maskable)
+        text_embeds = torch.cat(text_embeds)
+        scores = []
+        for samples in data_loader:
+            image_embeds, patch_tokens = self.encode_image(visual_input(samples).to(self.device))
+            chunk = image_embeds @ text_embeds.t()
+            if self.head_fn is not None:
+                chunk = chunk + self.head_weight * torch.cat(
+                    [self.head_fn(patch_tokens, tokens, None, mask) for tokens, mask in zip(word_tokens, word_masks)],
+                    dim=1)
+            scores.append(chunk)
+        scores = torch.cat(scores)
+        if scores.shape[0] != len(data_loader.dataset):
+            raise RuntimeError("retrieval needs the whole gallery on every rank: set run.use_dist_eval_sampler: False")
+        scores_i2t, scores_t2i = rerank_both_directions(scores, scores.t().contiguous(), task_cfg)
+        return scores_i2t.float().cpu().numpy(), scores_t2i.float().cpu().numpy()

@@ -1,0 +1,127 @@
+"""The matching toolkit wired into models and evaluation, and the comparison command."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO, tiny_batch
+
+from lavis_glscl.compare import markdown_table, read_metrics
+from lavis_glscl.matching import inverted_softmax, scan_similarity, vse_plus_plus_loss
+from lavis_glscl.models.retrieval import rerank_both_directions
+
+
+def dual_encoder(**overrides):
+    from omegaconf import OmegaConf
+
+    from lavis_glscl.models.matching_dual_encoder import MatchingDualEncoder
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.merge(OmegaConf.load(MatchingDualEncoder.default_config_path("tiny")).model, overrides)
+    return MatchingDualEncoder.from_config(cfg)
+
+
+@pytest.mark.parametrize("loss", ["infonce", "vse++", "sum_margin", "knn_margin", "unified"])
+def test_dual_encoder_trains_with_every_loss(lavis_glscl, loss):
+    model = dual_encoder(loss=loss)
+    out = model(tiny_batch())
+    assert set(out.keys()) == {"loss", "loss_itc"} and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.vision_proj.weight.grad.abs().sum() > 0
+
+
+def test_dual_encoder_loss_is_the_toolkit_loss_on_cosines(lavis_glscl):
+    model = dual_encoder(loss="vse++").eval()
+    batch = tiny_batch()
+    images, _ = model.encode_image(batch["image"].unsqueeze(1))
+    texts, _ = model.encode_text(model.tokenize(batch["text_input"]))
+    expected = vse_plus_plus_loss(images @ texts.t(), margin=0.2)
+    assert model(batch).loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@torch.no_grad()
+def test_dual_encoder_scores_add_the_head_and_apply_the_reranker(lavis_glscl):
+    model = dual_encoder(similarity_head="scan", head_weight=0.5).eval()
+    from test_model import ListLoader
+
+    images = torch.randn(4, 3, 32, 32)
+    texts = ["a red circle", "blue", "a green square above it", "two things"]
+    cfg = {"rerank": "inverted_softmax", "rerank_options": {"inverted_softmax": {"beta": 7.0}}}
+    i2t, t2i = model.compute_sim_matrix(ListLoader(images, texts), cfg)
+    image_embeds, patches = model.encode_image(images.unsqueeze(1))
+    text = model.tokenize(texts)
+    text_embeds, words = model.encode_text(text)
+    raw = image_embeds @ text_embeds.t() + 0.5 * scan_similarity(patches, words, None, text.maskable)
+    torch.testing.assert_close(torch.from_numpy(i2t), inverted_softmax(raw, 7.0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(t2i), inverted_softmax(raw.t(), 7.0), atol=1e-5, rtol=1e-4)
+
+
+def test_glscl_contrastive_term_and_head_from_the_toolkit(tiny_model, lavis_glscl):
+    from omegaconf import OmegaConf
+
+    from lavis_glscl.models.glscl import GlsclPretrain
+
+    cfg = OmegaConf.load(GlsclPretrain.default_config_path("tiny")).model
+    cfg.loss_weights = {"itc": 1.0, "head": 0.5}
+    cfg.contrastive_loss = "vse++"
+    cfg.contrastive_loss_options = {"vse++": {"margin": 0.3}}
+    cfg.similarity_head = "token_max_sum"
+    torch.manual_seed(0)
+    model = GlsclPretrain.from_config(cfg).eval()
+    batch = tiny_batch()
+    out = model(batch)
+    assert set(out.keys()) == {"loss", "loss_itc", "loss_head"}
+    images = model.encode_image(batch["image"].unsqueeze(1))
+    text = model.tokenize(batch["text_input"])
+    texts = model.encode_text(text.input_ids, text.attention_mask)
+    sim = F.normalize(model.image_embedding(images, 1), dim=-1) @ F.normalize(model.text_embedding(texts), dim=-1).t()
+    assert out.loss_itc.item() == pytest.approx(vse_plus_plus_loss(sim, margin=0.3).item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(out.loss_itc.item() + 0.5 * out.loss_head.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="no similarity_head"):
+        GlsclPretrain.from_config(OmegaConf.merge(cfg, {"similarity_head": None}))
+
+
+def test_rerank_option_names_are_checked():
+    scores = torch.randn(3, 4)
+    assert rerank_both_directions(scores, scores.t(), {})[0] is scores
+    with pytest.raises(ValueError, match="known names"):
+        rerank_both_directions(scores, scores.t(), {"rerank": "inverse_softmax"})
+    with pytest.raises(ValueError, match="querybank"):
+        rerank_both_directions(scores, scores.t(), {"rerank": "qb_norm"})
+
+
+def test_read_metrics_merges_lavis_and_glscl_lines_and_table(tmp_path):
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "evaluate.txt").write_text(json.dumps({"txt_r1": 10.0, "agg_metrics": 10.0}) + "\n"
+                                                   + json.dumps({"glscl": {"pair_accuracy": 75.0}}) + "\n")
+    metrics = read_metrics(tmp_path)
+    assert metrics == {"txt_r1": 10.0, "agg_metrics": 10.0, "pair_accuracy": 75.0}
+    table = markdown_table([{"name": "a", "metrics": metrics}], ["txt_r1", "pair_accuracy"])
+    assert table.splitlines()[-1] == "| a | 10.0 | 75.0 |"
+
+
+def test_compare_command_trains_evaluates_and_tabulates(tmp_path):
+    from conftest import TINY_RUN, run_module
+
+    config = tmp_path / "compare.yaml"
+    config.write_text(f"""
+compare:
+  base: {TINY_RUN}
+  output_dir: {tmp_path / 'out'}
+  metrics: [txt_r1, img_r5]
+  runs:
+    - name: GLSCL
+      options: []
+      evaluations:
+        - name: GLSCL + inverted softmax
+          options: [run.rerank=inverted_softmax]
+    - name: GLSCL without MGSC and MLTC
+      options: [model.loss_weights.mgsc=0, model.loss_weights.mltc=0]
+""")
+    result = run_module("lavis_glscl.compare", ["--cfg-path", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["name"] for r in rows] == ["GLSCL", "GLSCL + inverted softmax", "GLSCL without MGSC and MLTC"]
+    assert all({"txt_r1", "img_r5"} <= set(r["metrics"]) for r in rows)
+    assert "| GLSCL + inverted softmax |" in (tmp_path / "out" / "results.md").read_text()
+    assert (tmp_path / "out" / "results.png").stat().st_size > 1000
