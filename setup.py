@@ -7,7 +7,7 @@ the LAVIS wheel already owns a top-level ``projects``.
 """
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -31,9 +31,9 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=["lavis_glscl", "lavis_glscl.models", "lavis_glscl.datasets", *data_dirs],
+    packages=[*find_packages(include=["lavis_glscl", "lavis_glscl.*"]), *data_dirs],
     package_dir=data_dirs,
-    package_data={package: ["*.yaml"] for package in data_dirs},
+    package_data={package: ["*.yaml", "*.json"] for package in data_dirs},
     install_requires=[
         "salesforce-lavis==1.0.2",
         "torch>=2.1",

@@ -1,9 +1,13 @@
 """Shared helpers of the benchmarks: timing side by side in one process, and a json record of the results."""
 import json
+import os
 import platform
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import torch
 
@@ -19,6 +23,27 @@ def best_rate(function: Callable[[], int], repeats: int = 3) -> float:
         items = function()
         rates.append(items / (time.perf_counter() - start))
     return max(rates)
+
+
+def resident_mib() -> float:
+    """This process's resident set now."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2 ** 20
+
+
+def peak_mib() -> float:
+    """The largest resident set this process has had (or the CUDA allocator's peak on a GPU)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def in_fresh_process(script: str, arguments: List[str]) -> dict:
+    """Run ``python script arguments`` and return the json dict it prints last, so that each setting's peak
+    memory is its own."""
+    finished = subprocess.run([sys.executable, script, *arguments], check=True, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(finished.stdout.strip().splitlines()[-1])
 
 
 def machine() -> Dict[str, str]:

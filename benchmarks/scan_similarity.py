@@ -10,14 +10,12 @@ process's peak resident set over the run, measured in a fresh process per settin
 """
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import time
 
 import torch
 
-from common import save
+from common import in_fresh_process, peak_mib, resident_mib, save
 from lavis_glscl.matching.similarity import scan_similarity
 
 
@@ -25,23 +23,17 @@ def tokens(count: int, length: int, dim: int, seed: int) -> torch.Tensor:
     return torch.randn(count, length, dim, generator=torch.Generator().manual_seed(seed))
 
 
-def resident_kib() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() // 1024
-
-
 def chunked_worker(args) -> dict:
     """Time and peak-memory growth of one chunked run over the whole block (run in its own process)."""
     images = tokens(args.gallery, args.patches, args.dim, 0)
     texts = tokens(args.queries, args.words, args.dim, 1)
     scan_similarity(images[:2], texts[:2], chunk_size=2)  # warm-up: kernels and thread pool
-    before = resident_kib()
+    before = resident_mib()
     start = time.perf_counter()
     scores = scan_similarity(images, texts, chunk_size=args.chunk)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert scores.shape == (args.gallery, args.queries) and torch.isfinite(scores).all()
-    return {"seconds": seconds, "peak_growth_mib": (peak - before) / 1024}
+    return {"seconds": seconds, "peak_growth_mib": peak_mib() - before}
 
 
 def naive_versus_chunked(args) -> dict:
@@ -80,8 +72,7 @@ def main():
 
     chunked = {}
     for chunk in args.chunks:
-        command = [sys.executable, __file__, *sys.argv[1:], "--chunk", str(chunk)]
-        chunked[chunk] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+        chunked[chunk] = in_fresh_process(__file__, [*sys.argv[1:], "--chunk", str(chunk)])
     small = naive_versus_chunked(args)
     pairs = args.queries * args.gallery
     print(f"SCAN t2i/LSE, {args.queries} captions x {args.gallery} images, Lt={args.words}, Lv={args.patches}, "

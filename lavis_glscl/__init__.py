@@ -10,9 +10,9 @@ import lavis.common.optims  # noqa: F401  (LAVIS's LR schedulers)
 import lavis.runners  # noqa: F401  (runner_base, runner_iter)
 from lavis.common.registry import registry
 
-from lavis_glscl import optims, processors, runners, tasks  # noqa: F401
+from lavis_glscl import align_bench, optims, processors, runners, tasks  # noqa: F401
 from lavis_glscl.datasets import builders, vqa  # noqa: F401
-from lavis_glscl.models import glscl, matching_dual_encoder  # noqa: F401
+from lavis_glscl.models import albef_glscl, glscl, matching_dual_encoder  # noqa: F401
 from lavis_glscl.paths import cache_dir
 
 # LAVIS 1.0.2 points cache_root at an internal "/export/home/..." path (LAVIS issues #177, #411, #703);

@@ -2,7 +2,7 @@
 
 Every run trains and tests one registered model from the same base run yaml (same datasets, steps, batch,
 resolution), changed only by its ``options``; ``evaluations`` re-test a run's trained weights with other
-options (e.g. a re-ranker).  Each row's metrics are read from the ``evaluate.txt`` that LAVIS's own task
+options (e.g. a re-ranker).  Each row also records its wall time (training and test, or test only).  Each row's metrics are read from the ``evaluate.txt`` that LAVIS's own task
 evaluator wrote.  The table goes to stdout and, with a bar chart, to ``output_dir``.
 
 Compare yaml::
@@ -24,6 +24,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -56,19 +57,27 @@ def last_checkpoint(output_dir: Path) -> Path:
     return (best or candidates)[-1]
 
 
-def _run(module: str, cfg_path: str, options: List[str], log: Path) -> None:
+def _run(module: str, cfg_path: str, options: List[str], log: Path) -> float:
+    """Run ``python -m module`` on ``cfg_path`` with ``options``; returns its wall time in minutes."""
+    start = time.perf_counter()
     with open(log, "w") as handle:
         result = subprocess.run([sys.executable, "-m", module, "--cfg-path", cfg_path, "--options", *options],
                                 stdout=handle, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise RuntimeError(f"{module} failed (exit {result.returncode}); see {log}")
+    return (time.perf_counter() - start) / 60
 
 
 def markdown_table(rows: List[dict], metrics: List[str]) -> str:
-    lines = ["| run | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    """One row per run: its metrics, then its wall time in minutes where the row has one."""
+    timed = any("minutes" in row for row in rows)
+    lines = ["| run | " + " | ".join(metrics) + (" | minutes |" if timed else " |"),
+             "|---|" + "---|" * (len(metrics) + timed)]
     for row in rows:
-        lines.append(f"| {row['name']} | " + " | ".join(f"{row['metrics'].get(m, float('nan')):.1f}" for m in metrics)
-                     + " |")
+        cells = [f"{row['metrics'].get(m, float('nan')):.1f}" for m in metrics]
+        if timed:
+            cells.append(f"{row['minutes']:.1f}" if "minutes" in row else "")
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -99,17 +108,17 @@ def compare(cfg) -> List[dict]:
     rows = []
     for run in cfg.runs:
         run_dir = output_dir / slug(run.name)
-        _run("lavis_glscl.train", base, shared + list(run.get("options") or []) + [f"run.output_dir={run_dir}"],
-             output_dir / f"{slug(run.name)}.log")
-        rows.append({"name": run.name, "metrics": read_metrics(run_dir)})
+        minutes = _run("lavis_glscl.train", base, shared + list(run.get("options") or []) + [f"run.output_dir={run_dir}"],
+                       output_dir / f"{slug(run.name)}.log")
+        rows.append({"name": run.name, "metrics": read_metrics(run_dir), "minutes": minutes})
         print(f"{run.name}: {rows[-1]['metrics']}", flush=True)
         for evaluation in run.get("evaluations") or []:
             eval_dir = output_dir / slug(evaluation.name)
             options = shared + list(run.get("options") or []) + list(evaluation.get("options") or []) + [
                 f"run.output_dir={eval_dir}", "run.evaluate=true", "model.load_finetuned=true",
                 f"model.finetuned={last_checkpoint(run_dir)}"]
-            _run("lavis_glscl.evaluate", base, options, output_dir / f"{slug(evaluation.name)}.log")
-            rows.append({"name": evaluation.name, "metrics": read_metrics(eval_dir)})
+            minutes = _run("lavis_glscl.evaluate", base, options, output_dir / f"{slug(evaluation.name)}.log")
+            rows.append({"name": evaluation.name, "metrics": read_metrics(eval_dir), "minutes": minutes})
             print(f"{evaluation.name}: {rows[-1]['metrics']}", flush=True)
     metrics = list(cfg.metrics)
     table = markdown_table(rows, metrics)

@@ -32,14 +32,16 @@ def parse_args(description: str, argv: Optional[List[str]] = None) -> argparse.N
 
 
 class GlsclConfig(Config):
-    """LAVIS's ``Config``, but ``--options model.model_type=x`` also selects the default yaml of type x
-    (LAVIS 1.0.2 merges the option after having loaded the default of the yaml's type)."""
+    """LAVIS's ``Config``, but ``--options model.arch=a model.model_type=x`` also select the default yaml of that
+    model and type (LAVIS 1.0.2 merges options after having loaded the defaults of the yaml's own arch and type)."""
 
     @staticmethod
     def build_model_config(config, **kwargs):
-        model_type = OmegaConf.select(OmegaConf.create(kwargs), "model.model_type")
-        if model_type:
-            config = OmegaConf.merge(config, {"model": {"model_type": model_type}})
+        options = OmegaConf.create(kwargs)
+        chosen = {key: OmegaConf.select(options, f"model.{key}") for key in ("arch", "model_type")}
+        chosen = {key: value for key, value in chosen.items() if value}
+        if chosen:
+            config = OmegaConf.merge(config, {"model": chosen})
         return Config.build_model_config(config)
 
 

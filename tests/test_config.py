@@ -39,7 +39,7 @@ def test_unknown_dataset_name_lists_glscl_builders(lavis_glscl, tmp_path):
     with pytest.raises(KeyError) as error:
         launch.check_registered_names(str(bad), [])
     listed = str(error.value).split("Registered by lavis_glscl: ")[1].split(";")[0].split(", ")
-    assert listed == ["easy_vqa", "glscl_image_text", "glscl_video_text", "glscl_vqa", "shapes_demo",
+    assert listed == ["align_bench", "easy_vqa", "glscl_image_text", "glscl_video_text", "glscl_vqa", "shapes_demo",
                       "shapes_video_demo"]
 
 
@@ -88,7 +88,8 @@ def test_run_yaml_paths_fall_back_to_the_packaged_projects(tmp_path, monkeypatch
 
 def test_model_zoo_lists_every_glscl_model_and_type(lavis_glscl):
     zoo = lavis_glscl.model_zoo()
-    assert zoo == {"glscl_pretrain": ["base", "demo", "tiny"], "glscl_retrieval": ["base", "demo", "tiny"],
+    assert zoo == {"albef_glscl_pretrain": ["demo", "tiny"],
+                   "glscl_pretrain": ["base", "demo", "tiny"], "glscl_retrieval": ["base", "demo", "tiny"],
                    "glscl_vqa": ["base", "demo", "tiny"], "matching_dual_encoder": ["demo", "tiny"]}
     assert "glscl_retrieval" in str(zoo) and "base, demo, tiny" in str(zoo)
 
@@ -125,12 +126,14 @@ def test_every_project_run_yaml_names_registered_parts_and_builds_its_config(lav
 def test_every_compare_row_builds_a_config_from_its_base_yaml(lavis_glscl, project):
     spec = OmegaConf.load(paths.PROJECT_DIR / project).compare
     base = paths.run_config_path(spec.base)
+    shared = list(spec.get("options", []))
     for run in spec.runs:
-        for options in [list(run.get("options", []))] + [list(run.get("options", [])) + list(e.options)
-                                                         for e in run.get("evaluations", [])]:
+        row = shared + list(run.get("options", []))
+        for options in [row] + [row + list(e.options) for e in run.get("evaluations", [])]:
             launch.check_registered_names(base, options)
-            cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", base, "--options", *options]))
-            assert cfg.model_cfg.arch == OmegaConf.load(base).model.arch
+            cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", base, "--options", *options, "run.seed=0"]))
+            expected_arch = OmegaConf.from_dotlist(options).get("model", {}).get("arch")
+            assert cfg.model_cfg.arch == (expected_arch or OmegaConf.load(base).model.arch)
 
 
 @pytest.mark.parametrize("project, image_size, k_test, dataset_type, scale", [

@@ -227,6 +227,21 @@ def test_released_rank_recipe_scores_a_caption_against_its_negatives(lavis_glscl
         model(tiny_batch(batch_size=4))
 
 
+def test_rank_recipe_fine_tunes_on_videos_too(lavis_glscl):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(GlsclRetrieval.default_config_path("tiny")).model
+    cfg.loss_weights = {"rank": 1.0, "itc": 1.0}
+    cfg.rank_negatives = 3
+    torch.manual_seed(0)
+    model = GlsclRetrieval.from_config(cfg)
+    out = model(tiny_batch(batch_size=4, frames=3))
+    assert set(out.keys()) == {"loss", "loss_rank", "loss_itc"}
+    assert out.loss_rank.item() == pytest.approx(math.log(4), abs=0.5)
+    out.loss.backward()
+    assert model.rank_output.weight.grad.abs().sum() > 0 and model.vision_transformer.temporal_embed.grad is not None
+
+
 def test_rank_output_is_the_retrieval_score_after_fine_tuning(lavis_glscl):
     from omegaconf import OmegaConf
 

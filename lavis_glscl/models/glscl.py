@@ -37,7 +37,7 @@ from lavis_glscl.models.heads import ITMHead, MLMHead, Pooler, projection_head
 from lavis_glscl.models.masking import (StepRandomness, keep_patch_indices, mgsc_text_mask, mlm_mask,
                                         patch_token_mask)
 from lavis_glscl.models.negatives import forbidden_negatives, hard_negatives, negative_rows, random_partners
-from lavis_glscl.models.retrieval import itm_rerank, rerank_both_directions
+from lavis_glscl.models.retrieval import score_matrices
 from lavis_glscl.models.text_encoder import TextBatch, build_text_encoder, tokenize
 from lavis_glscl.models.vision_transformer import VisionTransformer
 from lavis_glscl.paths import PACKAGE_PREFIX, config_path
@@ -68,6 +68,12 @@ class FusionOutput(NamedTuple):
     image_feats: torch.Tensor  # [B, F + F * K, D]
     cls_feats: torch.Tensor  # [B, 2D]: pooled text, pooled image
     text_to_image_attentions: Optional[List[torch.Tensor]]  # per layer [B, heads, L, F + F * K]
+
+
+class CrossAttentionMaps(NamedTuple):
+    attention: torch.Tensor  # [B, L, K]: last fusion layer, text token -> image patch, max over heads
+    offsets: torch.Tensor  # [B, L, 2]: each token's character span in its caption; (0, 0) for special tokens, padding
+    grid_size: int  # the K patches form a grid_size x grid_size grid, row-major
 
 
 class UnimodalPasses:
@@ -162,11 +168,7 @@ class GlsclModel(ConfiguredModel):
                        self.language_proj):
             module.apply(self._init_bert_weights)
 
-        weights = {name: 0.0 for name in OBJECTIVES}
-        weights.update({name: float(value) for name, value in (loss_weights or {}).items()})
-        unknown = set(weights) - set(OBJECTIVES)
-        if unknown:
-            raise ValueError(f"unknown loss_weights {sorted(unknown)}; known objectives: {list(OBJECTIVES)}")
+        weights = objectives.loss_weights_for(OBJECTIVES, loss_weights)
         if itm_negatives not in ("random", "hard"):
             raise ValueError(f"itm_negatives must be 'random' or 'hard', got {itm_negatives!r}")
         self.loss_weights = weights
@@ -269,6 +271,26 @@ class GlsclModel(ConfiguredModel):
         cls_feats = torch.cat([self.cross_modal_text_pooler(text), self.cross_modal_image_pooler(image, num_frames)],
                               dim=-1)
         return FusionOutput(text, image, cls_feats, attentions)
+
+    @torch.no_grad()
+    def cross_attention_maps(self, images: torch.Tensor, captions: List[str]) -> CrossAttentionMaps:
+        """Where each caption token looks in its image ``[B, 3, H, W]`` (ALIGN-BENCH's probe).
+
+        Reads the last text-side fusion layer's cross-attention probabilities (not its self-attention, which the
+        released ALIGN-BENCH scripts read by mistake), drops the image CLS column and takes the max over heads.
+        Call it in eval mode: attention dropout acts on these probabilities.
+        """
+        images = as_frames(images.to(self.device))
+        if images.shape[1] != 1:
+            raise ValueError(f"cross-attention maps are defined for images, got {images.shape[1]}-frame videos")
+        # The tokenization of ``tokenize``, plus each token's character span.
+        encoded = self.tokenizer(list(captions), padding="longest", truncation=True, max_length=self.max_text_length,
+                                 return_offsets_mapping=True, return_tensors="pt").to(self.device)
+        text_tokens = self.encode_text(encoded.input_ids, encoded.attention_mask)
+        fusion = self.fuse(text_tokens, encoded.attention_mask, self.encode_image(images), num_frames=1,
+                           output_attentions=True)
+        patches = fusion.text_to_image_attentions[-1][..., 1:]  # [B, heads, L, K]
+        return CrossAttentionMaps(patches.amax(dim=1), encoded.offset_mapping, self.vision_transformer.grid_size)
 
     # ------------------------------------------------------------------ training step
     def forward(self, samples: dict) -> GlsclOutput:
@@ -490,9 +512,6 @@ class GlsclModel(ConfiguredModel):
         Returns numpy ``(scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img])``.  Every rank must see the whole
         gallery (``use_dist_eval_sampler: False``); query rows are split across ranks and summed.
         """
-        k_test = int(task_cfg.get("k_test", 128))
-        pairs_per_batch = int(task_cfg.get("itm_pairs_per_batch", 256))
-        add_sims = bool(task_cfg.get("rerank_add_itc", True))
         dataset = data_loader.dataset
         text_tokens, text_masks, text_maskable, text_embeds = self._encode_gallery_texts(dataset.text)
         image_tokens, image_embeds, frames = [], [], 1
@@ -517,11 +536,7 @@ class GlsclModel(ConfiguredModel):
                                image_tokens[image_idx].to(self.device), frames)
             return self.match_score(fusion.cls_feats)
 
-        scores_i2t = itm_rerank(sims, k_test, itm_scores, pairs_per_batch, add_sims, progress="i2t ITM re-rank")
-        scores_t2i = itm_rerank(sims.t().contiguous(), k_test, lambda t, i: itm_scores(i, t), pairs_per_batch,
-                                add_sims, progress="t2i ITM re-rank")
-        scores_i2t, scores_t2i = rerank_both_directions(all_reduce_sum(scores_i2t), all_reduce_sum(scores_t2i), task_cfg)
-        return scores_i2t.float().cpu().numpy(), scores_t2i.float().cpu().numpy()
+        return score_matrices(sims, itm_scores, task_cfg)
 
     def match_score(self, cls_feats: torch.Tensor) -> torch.Tensor:
         """Cross-encoder score ``[P]`` of fused pairs: the fine-tuned ``rank_output`` when the model has one, else

@@ -5,12 +5,20 @@ The optional ``gather`` argument lets the caller widen the negatives to the glob
 (``lavis_glscl.distributed.all_gather_with_grad`` or its variable-length sibling); it is applied to
 the L2-normalised rows, after targets are detached.
 """
-from typing import Callable, Optional
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 Gather = Optional[Callable[[torch.Tensor], torch.Tensor]]
+
+
+def loss_weights_for(known: Sequence[str], given: Optional[Mapping[str, float]]) -> Dict[str, float]:
+    """Every objective in ``known`` with its weight from ``given`` (0 when absent); unknown names are refused."""
+    unknown = set(given or {}) - set(known)
+    if unknown:
+        raise ValueError(f"unknown loss_weights {sorted(unknown)}; known objectives: {list(known)}")
+    return {name: float((given or {}).get(name, 0.0)) for name in known}
 
 
 def norm_softmax_loss(sim: torch.Tensor, temperature) -> torch.Tensor:

@@ -2,10 +2,11 @@
 toolkit's score re-rankers applied to whole score matrices."""
 from typing import Callable, Tuple
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from lavis_glscl.distributed import rank_row_range, world
+from lavis_glscl.distributed import all_reduce_sum, rank_row_range, world
 from lavis_glscl.matching import build_reranker
 
 PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,6 +44,24 @@ def itm_rerank(sims: torch.Tensor, k: int, score_pairs: PairScorer, pairs_per_ba
     below = own - own.max(dim=1, keepdim=True).values + floor
     scores[start:end] = below.scatter(1, top_idx, shortlist)
     return scores
+
+
+def score_matrices(sims: torch.Tensor, score_pairs: PairScorer, task_cfg) -> Tuple[np.ndarray, np.ndarray]:
+    """LAVIS's retrieval score matrices from ITC similarities ``sims`` ``[N_img, N_txt]``: each query's top
+    ``k_test`` re-ranked by ``score_pairs(image_idx [P], text_idx [P]) -> [P]`` in both directions (rows split
+    across ranks and summed), then the run's re-ranker.
+
+    Run options: ``k_test`` (128), ``itm_pairs_per_batch`` (256), ``rerank_add_itc`` (true), ``rerank``.
+    Returns numpy ``(scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img])``.
+    """
+    k_test = int(task_cfg.get("k_test", 128))
+    pairs_per_batch = int(task_cfg.get("itm_pairs_per_batch", 256))
+    add_sims = bool(task_cfg.get("rerank_add_itc", True))
+    scores_i2t = itm_rerank(sims, k_test, score_pairs, pairs_per_batch, add_sims, progress="i2t ITM re-rank")
+    scores_t2i = itm_rerank(sims.t().contiguous(), k_test, lambda t, i: score_pairs(i, t), pairs_per_batch,
+                            add_sims, progress="t2i ITM re-rank")
+    scores_i2t, scores_t2i = rerank_both_directions(all_reduce_sum(scores_i2t), all_reduce_sum(scores_t2i), task_cfg)
+    return scores_i2t.float().cpu().numpy(), scores_t2i.float().cpu().numpy()
 
 
 def rerank_both_directions(scores_i2t: torch.Tensor, scores_t2i: torch.Tensor, task_cfg) -> Tuple[torch.Tensor, torch.Tensor]:

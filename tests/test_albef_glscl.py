@@ -1,0 +1,83 @@
+"""albef_glscl_pretrain: LAVIS's ALBEF pre-training with GLSCL's completion objectives, built offline."""
+import copy
+
+import pytest
+import torch
+from conftest import TINY_RUN, read_log_records, run_module, tiny_batch
+
+
+@pytest.fixture
+def albef(lavis_glscl):
+    from lavis_glscl.models.albef_glscl import AlbefGlsclPretrain
+
+    torch.manual_seed(0)
+    return AlbefGlsclPretrain.from_pretrained("tiny")
+
+
+def albef_batch(size=8):
+    return {**tiny_batch(size), "num_iters_per_epoch": 10}
+
+
+def test_zero_completion_weights_give_lavis_albef_pretraining_exactly(albef):
+    from lavis.models.albef_models.albef_pretrain import AlbefPretrain
+
+    albef.loss_weights = {"mgsc": 0.0, "mltc": 0.0}
+    lavis_copy = copy.deepcopy(albef)  # ALBEF's forward moves its queues and momentum encoders
+    samples = albef_batch()
+    torch.manual_seed(1)
+    ours = albef(samples)
+    torch.manual_seed(1)
+    reference = AlbefPretrain.forward(lavis_copy, samples)
+    assert set(ours) == {"loss", "loss_itc", "loss_itm", "loss_mlm"}
+    torch.testing.assert_close(ours["loss"], reference.loss, rtol=0, atol=0)
+
+
+def test_completion_objectives_add_to_albef_and_train_every_parameter(albef):
+    output = albef(albef_batch())
+    assert {"loss_mgsc_text", "loss_mgsc_image", "loss_mltc_text"} <= set(output)
+    expected = (output["loss_itc"] + output["loss_itm"] + output["loss_mlm"] + output["loss_mgsc_text"]
+                + output["loss_mgsc_image"] + 0.2 * output["loss_mltc_text"])
+    torch.testing.assert_close(output["loss"], expected)
+    output["loss"].backward()
+    assert [n for n, p in albef.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert albef.image_completion_head.weight.grad.abs().sum() > 0
+
+
+def test_kept_patch_encoding_with_every_patch_equals_lavis_vit(albef):
+    from lavis_glscl.models.albef_glscl import encode_kept_patches
+
+    vit = albef.visual_encoder.eval()
+    images = torch.randn(2, 3, 32, 32)
+    every_patch = torch.arange(16).expand(2, 16)
+    torch.testing.assert_close(encode_kept_patches(vit, images, every_patch), vit.forward_features(images))
+    some = torch.tensor([[0, 5, 9], [2, 3, 15]])
+    assert encode_kept_patches(vit, images, some).shape == (2, 4, 32)
+
+
+def test_unknown_completion_objective_is_refused(lavis_glscl):
+    from omegaconf import OmegaConf
+
+    from lavis_glscl.models.albef_glscl import AlbefGlsclPretrain
+
+    base = OmegaConf.load(AlbefGlsclPretrain.default_config_path("tiny")).model
+    with pytest.raises(ValueError, match="unknown loss_weights"):
+        AlbefGlsclPretrain.from_config(OmegaConf.merge(base, {"loss_weights": {"itc": 1.0}}))
+
+
+def test_albef_glscl_trains_through_the_runner_and_lavis_retrieval_evaluates_it(tmp_path):
+    result = run_module("lavis_glscl.train", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={tmp_path}",
+                                              "model.arch=albef_glscl_pretrain", "model.model_type=tiny"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    steps = read_log_records(tmp_path, "train_step")
+    assert len(steps) == 2 and all(s["train_step_loss_mgsc_image"] > 0 for s in steps)
+    assert "txt_r1" in result.stdout and len(list(tmp_path.rglob("evaluate.txt"))) == 1
+
+
+def test_albef_cross_attention_maps_are_last_fusion_layer_probabilities_over_patches(albef):
+    albef.eval()
+    captions = ["a red circle", "two small blue squares left of it"]
+    maps = albef.cross_attention_maps(torch.randn(2, 3, 32, 32), captions)
+    tokens = albef.tokenizer(captions, padding="longest", return_tensors="pt")
+    assert maps.attention.shape == (2, tokens.input_ids.shape[1], 16) and maps.grid_size == 4
+    assert (maps.attention > 0).all() and (maps.attention.sum(dim=-1) < 1).all()  # the image CLS took the rest
+    assert maps.offsets[1, 1].tolist() == [0, 3]  # "two"
