@@ -33,7 +33,7 @@ def gallery(model, size: int, image_size: int, device: str):
     images = torch.randn(size, 1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(device)
     image_tokens = torch.cat([model.encode_image(chunk) for chunk in images.split(64)])
     image_embeds = F.normalize(model.image_embedding(image_tokens, 1), dim=-1)
-    text_tokens, text_masks, _, text_embeds = model._encode_gallery_texts(captions(size))
+    text_tokens, text_masks, _, text_embeds = model.encode_gallery_texts(captions(size))
     text_tokens, text_masks = text_tokens.to(device), text_masks.to(device)
 
     def score_pairs(image_idx, text_idx):

@@ -206,14 +206,19 @@ def test_base_type_builds_the_released_architecture(lavis_glscl):
     assert torch.isfinite(out.loss)
 
 
-def test_released_rank_recipe_scores_a_caption_against_its_negatives(lavis_glscl):
+def tiny_retrieval(**overrides):
+    """The ``tiny`` retrieval model, seeded, with ``overrides`` replacing whole entries of its default config."""
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(GlsclRetrieval.default_config_path("tiny")).model
-    cfg.loss_weights = {"rank": 1.0, "itc": 0.5}
-    cfg.rank_negatives = 3
+    for key, value in overrides.items():
+        cfg[key] = value
     torch.manual_seed(0)
-    model = GlsclRetrieval.from_config(cfg)
+    return GlsclRetrieval.from_config(cfg)
+
+
+def test_released_rank_recipe_scores_a_caption_against_its_negatives(lavis_glscl):
+    model = tiny_retrieval(loss_weights={"rank": 1.0, "itc": 0.5}, rank_negatives=3)
     torch.testing.assert_close(model.rank_output.weight, model.itm_score.fc.weight[1:2])
     assert not model.itm_score.fc.weight.requires_grad  # frozen, as released
     out = model(tiny_batch(batch_size=4))
@@ -228,13 +233,7 @@ def test_released_rank_recipe_scores_a_caption_against_its_negatives(lavis_glscl
 
 
 def test_rank_recipe_fine_tunes_on_videos_too(lavis_glscl):
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(GlsclRetrieval.default_config_path("tiny")).model
-    cfg.loss_weights = {"rank": 1.0, "itc": 1.0}
-    cfg.rank_negatives = 3
-    torch.manual_seed(0)
-    model = GlsclRetrieval.from_config(cfg)
+    model = tiny_retrieval(loss_weights={"rank": 1.0, "itc": 1.0}, rank_negatives=3)
     out = model(tiny_batch(batch_size=4, frames=3))
     assert set(out.keys()) == {"loss", "loss_rank", "loss_itc"}
     assert out.loss_rank.item() == pytest.approx(math.log(4), abs=0.5)
@@ -243,11 +242,7 @@ def test_rank_recipe_fine_tunes_on_videos_too(lavis_glscl):
 
 
 def test_rank_output_is_the_retrieval_score_after_fine_tuning(lavis_glscl):
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(GlsclRetrieval.default_config_path("tiny")).model
-    cfg.loss_weights = {"rank": 1.0}
-    model = GlsclRetrieval.from_config(cfg)
+    model = tiny_retrieval(loss_weights={"rank": 1.0})
     features = torch.randn(3, 64)
     with torch.no_grad():
         model.rank_output.weight.add_(1.0)

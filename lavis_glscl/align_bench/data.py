@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 
 from lavis_glscl.align_bench.scoring import pixel_mask
 from lavis_glscl.datasets import shapes
-from lavis_glscl.datasets.builders import LocalFilesBuilder, _absolute, _as_list
+from lavis_glscl.datasets.builders import LocalFilesBuilder
 from lavis_glscl.datasets.datasets import LOAD_ERRORS, load_rgb
 from lavis_glscl.paths import cache_dir, config_path
 
@@ -194,6 +194,7 @@ class AlignBenchBuilder(LocalFilesBuilder):
     paths are relative to the generated bench.  Each split's annotation storage is its directory of pickles."""
 
     eval_dataset_cls = AlignBenchDataset
+    annotation_kind = "directory"
     DATASET_CONFIG_DICT = {"default": config_path("datasets/align_bench/defaults.yaml"),
                            "shapes": config_path("datasets/align_bench/shapes.yaml")}
 
@@ -206,17 +207,9 @@ class AlignBenchBuilder(LocalFilesBuilder):
         self.generator_options = OmegaConf.to_container(generator) if generator else None
         if self.generator_options:
             self.root = shapes_bench_dir(**self.generator_options)
-            for split, split_info in info.annotations.items():
-                split_info.storage = [str(self.root / path) for path in _as_list(split_info.storage)]
-            info.get(self.data_type).storage = str(self.root / info.get(self.data_type).storage)
+            self.root_storage_under(self.root)
 
     def _download_data(self):
         if self.generator_options:
             ensure_shapes_bench(self.root, **self.generator_options)
         super()._download_data()
-
-    def _download_ann(self):
-        for split, info in self.config.build_info.annotations.items():
-            for path in _as_list(info.storage):
-                if not os.path.isdir(_absolute(path)):
-                    raise FileNotFoundError(f"{split} annotation directory {_absolute(path)} does not exist")

@@ -5,6 +5,8 @@ the missing path (or, for the demo set, generate it into the cache on rank 0).
 """
 import json
 import os
+from pathlib import Path
+from typing import Optional
 
 from lavis.common.registry import registry
 from lavis.common.utils import get_cache_path
@@ -16,11 +18,12 @@ from lavis_glscl.datasets.datasets import (ImageCaptionDataset, ImageRetrievalGa
 from lavis_glscl.paths import config_path
 
 
-def _as_list(paths):
+def storage_list(paths):
+    """A ``storage`` entry (one path or a list) as a list."""
     return [paths] if isinstance(paths, str) else list(paths)
 
 
-def _absolute(path: str) -> str:
+def absolute_storage(path: str) -> str:
     """LAVIS's rule: a relative storage path lives under ``cache_root``."""
     return path if os.path.isabs(path) else get_cache_path(path)
 
@@ -32,6 +35,8 @@ class LocalFilesBuilder(BaseDatasetBuilder):
     split, and LAVIS evaluates one dataset per split).  ``train_batch_group_size: g`` keeps each run of g
     consecutive training annotations in one batch (``lavis_glscl.datasets.loaders``).
     """
+
+    annotation_kind = "file"  # or "directory" (a split stored as a folder of files, as ALIGN-BENCH's pickles)
 
     def build(self):
         datasets = super().build()
@@ -54,14 +59,25 @@ class LocalFilesBuilder(BaseDatasetBuilder):
             for split in [s for s in annotations if s not in wanted]:
                 del annotations[split]
 
+    def root_storage_under(self, root: Path, media_root: Optional[Path] = None) -> None:
+        """Make the config's relative storage paths relative to ``root`` (annotations) and ``media_root``
+        (media; default ``root``): for sets generated or converted into a directory of their own."""
+        info = self.config.build_info
+        for split in info.annotations:
+            info.annotations[split].storage = [str(root / p) for p in storage_list(info.annotations[split].storage)]
+        media = info.get(self.data_type)
+        media.storage = str((media_root or root) / media.storage)
+
     def _download_ann(self):
+        exists = os.path.isfile if self.annotation_kind == "file" else os.path.isdir
         for split, info in self.config.build_info.annotations.items():
-            for path in _as_list(info.storage):
-                if not os.path.isfile(_absolute(path)):
-                    raise FileNotFoundError(f"{split} annotation file {_absolute(path)} does not exist")
+            for path in storage_list(info.storage):
+                if not exists(absolute_storage(path)):
+                    raise FileNotFoundError(f"{split} annotation {self.annotation_kind} {absolute_storage(path)} "
+                                            "does not exist")
 
     def _download_vis(self):
-        storage = _absolute(self.config.build_info.get(self.data_type).storage)
+        storage = absolute_storage(self.config.build_info.get(self.data_type).storage)
         if not os.path.isdir(storage):
             raise FileNotFoundError(f"{self.data_type} directory {storage} does not exist")
 
@@ -100,10 +116,7 @@ class ShapesBuilderMixin:
         super().__init__(cfg)
         self.generator_options = {"kind": self.kind, **self.config.get("generator", {})}
         self.root = shapes.dataset_dir(**self.generator_options)
-        info = self.config.build_info
-        for split in info.annotations:
-            info.annotations[split].storage = [str(self.root / p) for p in _as_list(info.annotations[split].storage)]
-        info.get(self.data_type).storage = str(self.root / info.get(self.data_type).storage)
+        self.root_storage_under(self.root)
 
     def _download_data(self):
         shapes.ensure_generated(self.root, **self.generator_options)

@@ -11,7 +11,7 @@ from pathlib import Path
 from lavis.common.registry import registry
 from lavis.datasets.datasets.coco_vqa_datasets import COCOVQADataset, COCOVQAEvalDataset
 
-from lavis_glscl.datasets.builders import LocalFilesBuilder, _as_list
+from lavis_glscl.datasets.builders import LocalFilesBuilder
 from lavis_glscl.paths import cache_dir, config_path
 
 EASY_VQA_VERSION = 1
@@ -74,11 +74,7 @@ class EasyVqaBuilder(VqaBuilder):
         except ImportError as error:
             raise ImportError("the easy_vqa builder needs the easy-vqa package: pip install easy-vqa") from error
         self.root = cache_dir() / "easy_vqa" / f"v{EASY_VQA_VERSION}"
-        info = self.config.build_info
-        for split in info.annotations:
-            info.annotations[split].storage = [str(self.root / p) for p in _as_list(info.annotations[split].storage)]
-        data_dir = Path(easy_vqa.__file__).parent / "data"
-        info.images.storage = str(data_dir / info.images.storage)
+        self.root_storage_under(self.root, media_root=Path(easy_vqa.__file__).parent / "data")
 
     def _download_data(self):
         if not (self.root / "test_annotations_coco.json").is_file():

@@ -16,6 +16,7 @@ at whatever width and depth its config gives, which makes it the baseline of a s
 """
 import json
 import logging
+from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -87,7 +88,7 @@ class AlbefGlsclPretrain(ConfiguredModel, AlbefPretrain):
                  mgsc_image_mask_ratio: float = 0.8, mgsc_text_mask_ratio: float = 0.4,
                  completion_temperature: float = 0.03):
         image_encoder = build_vit(**vision)
-        text_encoder = build_text_encoder(json.loads(open(config_path(f"models/{med_config}")).read()),
+        text_encoder = build_text_encoder(json.loads(Path(config_path(f"models/{med_config}")).read_text()),
                                           image_encoder.vision_width, text_init)
         super().__init__(image_encoder=image_encoder, text_encoder=text_encoder, queue_size=queue_size,
                          embed_dim=embed_dim, mlm_mask_prob=mlm_mask_prob, temp=temp, momentum=momentum, alpha=alpha,
@@ -146,16 +147,19 @@ class AlbefGlsclPretrain(ConfiguredModel, AlbefPretrain):
         losses = {"loss_itc": albef.loss_itc, "loss_itm": albef.loss_itm, "loss_mlm": albef.loss_mlm}
         if any(self.loss_weights.values()):
             completion = self.completion_losses(samples["image"], samples["text_input"],
-                                                albef.intermediate_output.image_embeds)
+                                                albef.intermediate_output.image_embeds,
+                                                albef.intermediate_output.text_embeds)
             losses.update({f"loss_{name}": loss for name, loss in completion.items()})
             extra = sum(self.loss_weights[name.split("_")[0]] * loss for name, loss in completion.items())
         else:
             extra = 0.0
         return {"loss": albef.loss + extra, **losses}
 
-    def completion_losses(self, images: torch.Tensor, captions, image_tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """MGSC (text, image) and MLTC (text) on ALBEF's encoders; ``image_tokens`` ``[B, 1 + N, Dv]`` is ALBEF's
-        ViT output for the full ``images`` ``[B, 3, H, W]`` (reused from its own forward)."""
+    def completion_losses(self, images: torch.Tensor, captions, image_tokens: torch.Tensor,
+                          text_tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """MGSC (text, image) and MLTC (text) on ALBEF's encoders.  ``image_tokens`` ``[B, 1 + N, Dv]`` and
+        ``text_tokens`` ``[B, L, Dt]`` are ALBEF's unimodal outputs for the full ``images`` ``[B, 3, H, W]`` and
+        ``captions``, reused from its own forward (same tokenisation)."""
         text = self.tokenize(captions)
         special = (text.input_ids == self.tokenizer.cls_token_id) | (text.input_ids == self.tokenizer.sep_token_id)
         maskable = text.attention_mask.bool() & ~special
@@ -167,7 +171,7 @@ class AlbefGlsclPretrain(ConfiguredModel, AlbefPretrain):
                                   1.0 - self.mgsc_image_mask_ratio)
         dropped_image = encode_kept_patches(self.visual_encoder, images, keep)
         # P1: dropped image, full text; P2: full image, masked text
-        fused_p1 = self.fuse(self.encode_text(text.input_ids, text.attention_mask), text.attention_mask, dropped_image)
+        fused_p1 = self.fuse(text_tokens, text.attention_mask, dropped_image)
         fused_p2 = self.fuse(self.encode_text(masked_ids, text.attention_mask), text.attention_mask, image_tokens)
         tau = self.completion_temperature
         losses = {}

@@ -513,7 +513,7 @@ class GlsclModel(ConfiguredModel):
         gallery (``use_dist_eval_sampler: False``); query rows are split across ranks and summed.
         """
         dataset = data_loader.dataset
-        text_tokens, text_masks, text_maskable, text_embeds = self._encode_gallery_texts(dataset.text)
+        text_tokens, text_masks, text_maskable, text_embeds = self.encode_gallery_texts(dataset.text)
         image_tokens, image_embeds, frames = [], [], 1
         for samples in data_loader:
             images = visual_input(samples).to(self.device)
@@ -545,7 +545,7 @@ class GlsclModel(ConfiguredModel):
             return self.rank_output(cls_feats)[:, 0]
         return self.itm_score(cls_feats)[:, 1]
 
-    def _encode_gallery_texts(self, captions: List[str], chunk: int = 256):
+    def encode_gallery_texts(self, captions: List[str], chunk: int = 256):
         """Unimodal tokens ``[N, L, D]`` (on the CPU), padding masks, maskable-token masks and ITC embeddings."""
         tokens, masks, maskable, embeds = [], [], [], []
         for start in range(0, len(captions), chunk):
