@@ -1,4 +1,4 @@
-"""GLSCL pre-training step time and peak memory, variants side by side.
+"""GLSCL pre-training step time and peak memory, variants side by side with LAVIS's ALBEF.
 
     python benchmarks/pretraining_step.py [--model-type demo] [--batch 32] [--device cpu|cuda] [--amp-dtype bf16]
 
@@ -8,6 +8,8 @@ same for all and left out):
   glscl_unshared   the same with ``share_unimodal_passes: false`` (encoders rerun per objective, as the
                    released code does)
   itc_itm_mlm      the same model with MGSC and MLTC off (the METER/ALBEF-style objective set)
+  lavis_albef      LAVIS's own ALBEF pre-training (``AlbefPretrain``: momentum encoders, queues, ITM hard
+                   negatives, MLM) at the matched width and depth of the same type (``albef_pretrain_offline``)
 Each variant runs in a fresh process so that its peak memory is its own: the peak over the steps minus the
 memory held once the model and the batch are built.
 """
@@ -21,10 +23,11 @@ from omegaconf import OmegaConf
 
 from common import in_fresh_process, peak_mib, resident_mib, save
 
-VARIANTS = {
-    "glscl": {},
-    "glscl_unshared": {"share_unimodal_passes": False},
-    "itc_itm_mlm": {"loss_weights": {"mgsc": 0.0, "mltc": 0.0}},
+VARIANTS = {  # name: (registered model, overrides of its type's config)
+    "glscl": ("glscl_pretrain", {}),
+    "glscl_unshared": ("glscl_pretrain", {"share_unimodal_passes": False}),
+    "itc_itm_mlm": ("glscl_pretrain", {"loss_weights": {"mgsc": 0.0, "mltc": 0.0}}),
+    "lavis_albef": ("albef_pretrain_offline", {}),
 }
 CAPTIONS = ["a small red circle to the left of a large blue square", "two green triangles above a yellow star",
             "a purple diamond below a white circle", "a big orange square to the right of a small cyan triangle"]
@@ -34,17 +37,18 @@ def batch(size: int, image_size: int, device: str) -> dict:
     generator = torch.Generator().manual_seed(0)
     return {"image": torch.randn(size, 3, image_size, image_size, generator=generator).to(device),
             "text_input": [CAPTIONS[i % len(CAPTIONS)] for i in range(size)],
-            "image_id": torch.arange(size, device=device), "epoch": 0, "iters": 0}
+            "image_id": torch.arange(size, device=device), "epoch": 0, "iters": 0, "num_iters_per_epoch": 100}
 
 
 def step_worker(args) -> dict:
     import lavis_glscl  # noqa: F401  (registers the models)
-    from lavis_glscl.models.glscl import GlsclPretrain
+    from lavis.common.registry import registry
 
     torch.manual_seed(0)
-    config = OmegaConf.merge(OmegaConf.load(GlsclPretrain.default_config_path(args.model_type)).model,
-                             VARIANTS[args.variant])
-    model = GlsclPretrain.from_config(config).to(args.device).train()
+    arch, overrides = VARIANTS[args.variant]
+    model_cls = registry.get_model_class(arch)
+    config = OmegaConf.merge(OmegaConf.load(model_cls.default_config_path(args.model_type)).model, overrides)
+    model = model_cls.from_config(config).to(args.device).train()
     samples = batch(args.batch, config.vision.image_size, args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp_dtype)
 
@@ -79,7 +83,12 @@ def main():
         print(json.dumps(step_worker(args)))
         return
 
-    results = {name: in_fresh_process(__file__, [*sys.argv[1:], "--variant", name]) for name in VARIANTS}
+    import lavis_glscl  # noqa: F401  (registers the models)
+    from lavis.common.registry import registry
+
+    names = [name for name, (arch, _) in VARIANTS.items()
+             if args.model_type in registry.get_model_class(arch).PRETRAINED_MODEL_CONFIG_DICT]
+    results = {name: in_fresh_process(__file__, [*sys.argv[1:], "--variant", name]) for name in names}
     reference = results["glscl"]["seconds_per_step"]
     print(f"pre-training step of '{args.model_type}', batch {args.batch}, {args.device}, amp {args.amp_dtype} "
           f"(forward + backward, best of {args.repeats})")
@@ -88,6 +97,10 @@ def main():
               f"   peak memory growth {result['peak_growth_mib']:8.1f} MiB")
     ratio = reference / results["glscl_unshared"]["seconds_per_step"]
     print(f"  shared / unshared step time: {ratio:.2f}x (goal: at most 0.75x)")
+    if "lavis_albef" in results:
+        print(f"  glscl / LAVIS ALBEF step time: {reference / results['lavis_albef']['seconds_per_step']:.2f}x")
+    else:
+        print(f"  LAVIS ALBEF left out: albef_pretrain_offline has no type {args.model_type!r}")
     path = save(f"pretraining_step_{args.model_type}_{args.device}", {
         "settings": {k: v for k, v in vars(args).items() if k != "variant"}, "variants": results,
         "shared_over_unshared_time": ratio})

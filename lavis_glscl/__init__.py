@@ -12,7 +12,7 @@ from lavis.common.registry import registry
 
 from lavis_glscl import align_bench, optims, processors, runners, tasks  # noqa: F401
 from lavis_glscl.datasets import builders, vqa  # noqa: F401
-from lavis_glscl.models import albef_glscl, glscl, matching_dual_encoder  # noqa: F401
+from lavis_glscl.models import albef_glscl, glscl, lavis_baselines, matching_dual_encoder  # noqa: F401
 from lavis_glscl.paths import cache_dir
 
 # LAVIS 1.0.2 points cache_root at an internal "/export/home/..." path (LAVIS issues #177, #411, #703);

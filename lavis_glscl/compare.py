@@ -2,8 +2,10 @@
 
 Every run trains and tests one registered model from the same base run yaml (same datasets, steps, batch,
 resolution), changed only by its ``options``; ``evaluations`` re-test a run's trained weights with other
-options (e.g. a re-ranker).  Each row also records its wall time (training and test, or test only).  Each row's metrics are read from the ``evaluate.txt`` that LAVIS's own task
-evaluator wrote.  The table goes to stdout and, with a bar chart, to ``output_dir``.
+options (e.g. a re-ranker); ``tests`` are other run yamls (other tasks and data, e.g. ALIGN-BENCH) every trained
+run is also tested with (the trained model: its arch, type, ``model.*`` options and weights), their metrics joining
+the run's row.  Each row records its wall time (training and its own test, or test only).  Each metric is read
+from the ``evaluate.txt`` that LAVIS's own task evaluator wrote.  The table goes to stdout and, with a bar chart, to ``output_dir``.
 
 Compare yaml::
 
@@ -12,6 +14,7 @@ Compare yaml::
       output_dir: output/compare/shapes
       metrics: [txt_r1, txt_r5, img_r1, img_r5]
       options: [run.iters_per_epoch=40]                   # applied to every run
+      tests: [projects/glscl/demo/align_bench_shapes.yaml]  # optional
       runs:
         - name: GLSCL
           options: []
@@ -55,6 +58,14 @@ def last_checkpoint(output_dir: Path) -> Path:
         raise FileNotFoundError(f"no checkpoint under {output_dir}")
     best = [p for p in candidates if p.name == "checkpoint_best.pth"]
     return (best or candidates)[-1]
+
+
+def trained_model_options(base: str, options: List[str]) -> List[str]:
+    """The options that give another run yaml the model a run of ``base`` with ``options`` trained: the base's
+    ``model.arch`` and ``model.model_type``, then the run's own ``model.*`` options."""
+    model = OmegaConf.load(base).model
+    named = [f"model.{key}={model[key]}" for key in ("arch", "model_type") if model.get(key) is not None]
+    return named + [option for option in options if option.startswith("model.")]
 
 
 def _run(module: str, cfg_path: str, options: List[str], log: Path) -> float:
@@ -110,7 +121,15 @@ def compare(cfg) -> List[dict]:
         run_dir = output_dir / slug(run.name)
         minutes = _run("lavis_glscl.train", base, shared + list(run.get("options") or []) + [f"run.output_dir={run_dir}"],
                        output_dir / f"{slug(run.name)}.log")
-        rows.append({"name": run.name, "metrics": read_metrics(run_dir), "minutes": minutes})
+        metrics = read_metrics(run_dir)
+        model_options = trained_model_options(base, shared + list(run.get("options") or []))
+        for test in cfg.get("tests") or []:
+            test_dir = output_dir / f"{slug(run.name)}_{slug(Path(test).stem)}"
+            _run("lavis_glscl.evaluate", run_config_path(test), model_options + [
+                f"run.output_dir={test_dir}", "model.load_finetuned=true", f"model.finetuned={last_checkpoint(run_dir)}"],
+                 test_dir.with_suffix(".log"))
+            metrics.update(read_metrics(test_dir))
+        rows.append({"name": run.name, "metrics": metrics, "minutes": minutes})
         print(f"{run.name}: {rows[-1]['metrics']}", flush=True)
         for evaluation in run.get("evaluations") or []:
             eval_dir = output_dir / slug(evaluation.name)

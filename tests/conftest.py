@@ -67,3 +67,21 @@ def read_log_records(output_dir: Path, key: str):
         if line.startswith("{") and line.endswith("}") and f'"{key}' in line:
             records.append(json.loads(line))
     return records
+
+
+def align_bench_tiny_yaml(tmp_path, output_dir, arch="glscl_retrieval"):
+    """A run yaml of the ALIGN-BENCH task on a 4-image mini bench for the tiny ``arch``."""
+    config = tmp_path / "align_bench_tiny.yaml"
+    config.write_text(f"""
+model: {{arch: {arch}, model_type: tiny}}
+datasets:
+  align_bench:
+    type: shapes
+    generator: {{num_images: 4, image_size: 32, seed: 2}}
+    vis_processor:
+      eval: {{name: glscl_image_eval, image_size: 32}}
+run: {{task: align_bench, runner: runner_glscl, device: cpu, seed: 1, output_dir: "{output_dir}", batch_size_eval: 3,
+      num_workers: 0, use_dist_eval_sampler: false, test_splits: [test], evaluate: true, distributed: false,
+      dist_url: "env://"}}
+""")
+    return config

@@ -71,13 +71,3 @@ def test_albef_glscl_trains_through_the_runner_and_lavis_retrieval_evaluates_it(
     steps = read_log_records(tmp_path, "train_step")
     assert len(steps) == 2 and all(s["train_step_loss_mgsc_image"] > 0 for s in steps)
     assert "txt_r1" in result.stdout and len(list(tmp_path.rglob("evaluate.txt"))) == 1
-
-
-def test_albef_cross_attention_maps_are_last_fusion_layer_probabilities_over_patches(albef):
-    albef.eval()
-    captions = ["a red circle", "two small blue squares left of it"]
-    maps = albef.cross_attention_maps(torch.randn(2, 3, 32, 32), captions)
-    tokens = albef.tokenizer(captions, padding="longest", return_tensors="pt")
-    assert maps.attention.shape == (2, tokens.input_ids.shape[1], 16) and maps.grid_size == 4
-    assert (maps.attention > 0).all() and (maps.attention.sum(dim=-1) < 1).all()  # the image CLS took the rest
-    assert maps.offsets[1, 1].tolist() == [0, 3]  # "two"

@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import align_bench_tiny_yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -174,27 +175,11 @@ def test_builder_skips_and_counts_a_missing_image_and_a_corrupt_pickle(lavis_gls
     assert sample["text_input"] == record["caption"] and set(sample["annotation"]) == set(record["annotation"])
 
 
-def tiny_run_yaml(tmp_path, output_dir):
-    config = tmp_path / "align_bench_tiny.yaml"
-    config.write_text(f"""
-model: {{arch: glscl_retrieval, model_type: tiny}}
-datasets:
-  align_bench:
-    type: shapes
-    generator: {{num_images: 4, image_size: 32, seed: 2}}
-    vis_processor:
-      eval: {{name: glscl_image_eval, image_size: 32}}
-run: {{task: align_bench, runner: runner_glscl, device: cpu, seed: 1, output_dir: "{output_dir}", batch_size_eval: 3,
-      num_workers: 0, use_dist_eval_sampler: false, test_splits: [test], evaluate: true, distributed: false,
-      dist_url: "env://"}}
-""")
-    return config
-
-
-def test_task_on_a_tiny_model_writes_the_scores_and_the_uniform_baseline(lavis_glscl, tmp_path):
+@pytest.mark.parametrize("arch", ["glscl_retrieval", "albef_retrieval_offline", "blip_retrieval_offline"])
+def test_task_on_a_tiny_model_writes_the_scores_and_the_uniform_baseline(lavis_glscl, tmp_path, arch):
     from lavis_glscl import launch
 
-    config = tiny_run_yaml(tmp_path, tmp_path / "out")
+    config = align_bench_tiny_yaml(tmp_path, tmp_path / "out", arch)
     runner = launch.build_runner(launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", str(config)])))
     results = runner.evaluate(skip_reload=True)["test"]
 
@@ -212,16 +197,18 @@ def test_task_on_a_tiny_model_writes_the_scores_and_the_uniform_baseline(lavis_g
     assert written["agg_metrics"] == written["mean"]
 
 
-def test_attention_maps_tool_draws_heat_maps_over_the_image(lavis_glscl, tmp_path):
-    from lavis_glscl.models.glscl import GlsclRetrieval
+@pytest.mark.parametrize("arch", ["glscl_retrieval", "blip_retrieval_offline"])
+def test_attention_maps_tool_draws_heat_maps_over_the_image(lavis_glscl, tmp_path, arch):
+    from lavis.common.registry import registry
+
     from lavis_glscl.tools import attention_maps
 
     torch.manual_seed(0)
     checkpoint = tmp_path / "tiny.pth"
-    torch.save({"model": GlsclRetrieval.from_pretrained("tiny").state_dict()}, checkpoint)
+    torch.save({"model": registry.get_model_class(arch).from_pretrained("tiny").state_dict()}, checkpoint)
     image = tmp_path / "grey.png"
     Image.new("RGB", (48, 32), (128, 128, 128)).save(image)
-    config = tiny_run_yaml(tmp_path, tmp_path / "out")
+    config = align_bench_tiny_yaml(tmp_path, tmp_path / "out", arch)
     common = ["--cfg-path", str(config), "--checkpoint", str(checkpoint), "--image", str(image),
               "--caption", "A red circle left of a blue square.", "--out-dir", str(tmp_path / "maps")]
 

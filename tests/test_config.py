@@ -88,7 +88,8 @@ def test_run_yaml_paths_fall_back_to_the_packaged_projects(tmp_path, monkeypatch
 
 def test_model_zoo_lists_every_glscl_model_and_type(lavis_glscl):
     zoo = lavis_glscl.model_zoo()
-    assert zoo == {"albef_glscl_pretrain": ["demo", "tiny"],
+    assert zoo == {"albef_glscl_pretrain": ["demo", "tiny"], "albef_pretrain_offline": ["demo", "tiny"],
+                   "albef_retrieval_offline": ["demo", "tiny"], "blip_retrieval_offline": ["demo", "tiny"],
                    "glscl_pretrain": ["base", "demo", "tiny"], "glscl_retrieval": ["base", "demo", "tiny"],
                    "glscl_vqa": ["base", "demo", "tiny"], "matching_dual_encoder": ["demo", "tiny"]}
     assert "glscl_retrieval" in str(zoo) and "base, demo, tiny" in str(zoo)
@@ -123,7 +124,9 @@ def test_every_project_run_yaml_names_registered_parts_and_builds_its_config(lav
 
 
 @pytest.mark.parametrize("project", COMPARE_YAMLS)
-def test_every_compare_row_builds_a_config_from_its_base_yaml(lavis_glscl, project):
+def test_every_compare_row_builds_a_config_from_its_base_yaml_and_tests(lavis_glscl, project):
+    from lavis_glscl.compare import trained_model_options
+
     spec = OmegaConf.load(paths.PROJECT_DIR / project).compare
     base = paths.run_config_path(spec.base)
     shared = list(spec.get("options", []))
@@ -134,6 +137,11 @@ def test_every_compare_row_builds_a_config_from_its_base_yaml(lavis_glscl, proje
             cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", base, "--options", *options, "run.seed=0"]))
             expected_arch = OmegaConf.from_dotlist(options).get("model", {}).get("arch")
             assert cfg.model_cfg.arch == (expected_arch or OmegaConf.load(base).model.arch)
+        for test in spec.get("tests", []):
+            options = trained_model_options(base, row)
+            cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", paths.run_config_path(test), "--options",
+                                                              *options, "run.seed=0"]))
+            assert cfg.model_cfg.arch == OmegaConf.from_dotlist(options).model.arch
 
 
 @pytest.mark.parametrize("project, image_size, k_test, dataset_type, scale", [

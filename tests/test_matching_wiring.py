@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, tiny_batch
+from conftest import tiny_batch
 
 from lavis_glscl.compare import markdown_table, read_metrics
 from lavis_glscl.matching import inverted_softmax, scan_similarity, vse_plus_plus_loss
@@ -100,15 +100,16 @@ def test_read_metrics_merges_lavis_and_glscl_lines_and_table(tmp_path):
     assert table.splitlines()[-1] == "| a | 10.0 | 75.0 |"
 
 
-def test_compare_command_trains_evaluates_and_tabulates(tmp_path):
-    from conftest import TINY_RUN, run_module
+def test_compare_command_trains_evaluates_tests_and_tabulates(tmp_path):
+    from conftest import TINY_RUN, align_bench_tiny_yaml, run_module
 
     config = tmp_path / "compare.yaml"
     config.write_text(f"""
 compare:
   base: {TINY_RUN}
   output_dir: {tmp_path / 'out'}
-  metrics: [txt_r1, img_r5]
+  metrics: [txt_r1, img_r5, global_box]
+  tests: [{align_bench_tiny_yaml(tmp_path, 'unused', arch='blip_retrieval_offline')}]
   runs:
     - name: GLSCL
       options: []
@@ -123,5 +124,11 @@ compare:
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["name"] for r in rows] == ["GLSCL", "GLSCL + inverted softmax", "GLSCL without MGSC and MLTC"]
     assert all({"txt_r1", "img_r5"} <= set(r["metrics"]) for r in rows)
+    trained = [rows[0], rows[2]]  # the ALIGN-BENCH test runs on trained rows, with the model each trained
+    assert all(0 < r["metrics"]["global_box"] < 100 and r["metrics"]["num_images"] == 4 for r in trained)
+    assert "global_box" not in rows[1]["metrics"]
+    logs = sorted(p.name for p in (tmp_path / "out").glob("*align_bench_tiny.log"))
+    assert logs == ["glscl_align_bench_tiny.log", "glscl_without_mgsc_and_mltc_align_bench_tiny.log"]
+    assert '"arch": "glscl_pretrain"' in (tmp_path / "out" / logs[0]).read_text()  # not the yaml's blip
     assert "| GLSCL + inverted softmax |" in (tmp_path / "out" / "results.md").read_text()
     assert (tmp_path / "out" / "results.png").stat().st_size > 1000

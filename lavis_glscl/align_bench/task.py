@@ -2,7 +2,8 @@
 
 For each image-caption pair the model runs its fusion once; the last fusion layer's text-to-image
 *cross*-attention (the released scripts read the self-attention by mistake), max over heads, is each text token's
-map over the patches (``model.cross_attention_maps``).  The text CLS token's map is scored against the union of
+map over the patches (:func:`lavis_glscl.align_bench.attention.cross_attention_probe`: GLSCL's own, or LAVIS's
+ALBEF/BLIP models read from their BERT).  The text CLS token's map is scored against the union of
 the image's regions (global), the sum of a phrase's sub-token maps against that phrase's regions (local); each
 with boxes and with pixel masks (:mod:`lavis_glscl.align_bench.scoring`).  The patch grid is laid over the whole
 image, as the eval processors resize without cropping (the released protocol centre-crops to 288 px).
@@ -21,6 +22,7 @@ from lavis.common.dist_utils import is_main_process
 from lavis.common.registry import registry
 from lavis.tasks.base_task import BaseTask
 
+from lavis_glscl.align_bench.attention import cross_attention_probe
 from lavis_glscl.align_bench.scoring import MAX_BOX_FRACTION, score_image, summarize
 from lavis_glscl.distributed import gather_objects
 
@@ -37,13 +39,11 @@ class AlignBenchTask(BaseTask):
 
     def evaluation(self, model, data_loader, **kwargs):
         """Every rank scores its share of the bench; rank 0 gets ``[(index, scores, skipped), ...]`` of all."""
-        if not hasattr(model, "cross_attention_maps"):
-            raise TypeError(f"{type(model).__name__} has no cross_attention_maps(images, captions): "
-                            f"ALIGN-BENCH needs a fusion model's text-to-image attention")
+        probe = cross_attention_probe(model)
         max_box_fraction = float(self.cfg.get("max_box_fraction", MAX_BOX_FRACTION))
         results = []
         for samples in data_loader:
-            maps = model.cross_attention_maps(samples["image"], samples["text_input"])
+            maps = probe(samples["image"], samples["text_input"])
             attention = maps.attention.float().cpu()
             for row, index in enumerate(samples["index"]):
                 scores, skipped = score_image(

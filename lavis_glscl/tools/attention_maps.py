@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 import lavis_glscl  # noqa: F401  (registers the models and processors)
+from lavis_glscl.align_bench.attention import cross_attention_probe
 from lavis_glscl.align_bench.scoring import GLOBAL_QUERY_INDEX, UnscorablePhrase, phrase_tokens
 from lavis_glscl.datasets.datasets import load_rgb
 from lavis_glscl.launch import GlsclConfig
@@ -73,7 +74,7 @@ def eval_processors(cfg: GlsclConfig):
 def attention_maps(model, image_tensor: torch.Tensor, caption: str, phrases: Sequence[str]
                    ) -> List[Tuple[str, torch.Tensor]]:
     """``[(title, map [g, g])]``: the global (CLS) map, then each phrase's (the sum of its tokens' maps)."""
-    maps = model.cross_attention_maps(image_tensor[None], [caption])
+    maps = cross_attention_probe(model)(image_tensor[None], [caption])
     attention = maps.attention[0].float().cpu().reshape(-1, maps.grid_size, maps.grid_size)
     offsets = maps.offsets[0].tolist()
     result = [("global (CLS)", attention[GLOBAL_QUERY_INDEX])]

