@@ -4,8 +4,9 @@ Every run trains and tests one registered model from the same base run yaml (sam
 resolution), changed only by its ``options``; ``evaluations`` re-test a run's trained weights with other
 options (e.g. a re-ranker); ``tests`` are other run yamls (other tasks and data, e.g. ALIGN-BENCH) every trained
 run is also tested with (the trained model: its arch, type, ``model.*`` options and weights), their metrics joining
-the run's row.  Each row records its wall time (training and its own test, or test only).  Each metric is read
-from the ``evaluate.txt`` that LAVIS's own task evaluator wrote.  The table goes to stdout and, with a bar chart, to ``output_dir``.
+the run's row where the run has no metric of that name.  Each row records its wall time (training and its own
+test, or test only).  Each metric is read from the ``evaluate.txt`` that LAVIS's own task evaluator wrote.  The
+table goes to stdout and, with a bar chart, to ``output_dir``.
 
 Compare yaml::
 
@@ -128,7 +129,7 @@ def compare(cfg) -> List[dict]:
             _run("lavis_glscl.evaluate", run_config_path(test), model_options + [
                 f"run.output_dir={test_dir}", "model.load_finetuned=true", f"model.finetuned={last_checkpoint(run_dir)}"],
                  test_dir.with_suffix(".log"))
-            metrics.update(read_metrics(test_dir))
+            metrics = {**read_metrics(test_dir), **metrics}
         rows.append({"name": run.name, "metrics": metrics, "minutes": minutes})
         print(f"{run.name}: {rows[-1]['metrics']}", flush=True)
         for evaluation in run.get("evaluations") or []:

@@ -127,6 +127,7 @@ compare:
     trained = [rows[0], rows[2]]  # the ALIGN-BENCH test runs on trained rows, with the model each trained
     assert all(0 < r["metrics"]["global_box"] < 100 and r["metrics"]["num_images"] == 4 for r in trained)
     assert "global_box" not in rows[1]["metrics"]
+    assert rows[0]["metrics"]["agg_metrics"] == rows[0]["metrics"]["txt_r_mean"]  # the run's own, not the test's
     logs = sorted(p.name for p in (tmp_path / "out").glob("*align_bench_tiny.log"))
     assert logs == ["glscl_align_bench_tiny.log", "glscl_without_mgsc_and_mltc_align_bench_tiny.log"]
     assert '"arch": "glscl_pretrain"' in (tmp_path / "out" / logs[0]).read_text()  # not the yaml's blip
