@@ -25,7 +25,7 @@ def cross_attention_probe(model) -> AttentionProbe:
     if hasattr(model, "cross_attention_maps"):
         return model.cross_attention_maps
     if isinstance(model, (AlbefBase, BlipBase)):
-        return partial(lavis_cross_attention_maps, model)
+        return partial(lavis_cross_attention_maps, model, offsets_tokenizer(model.tokenizer))
     raise TypeError(f"{type(model).__name__} has no cross_attention_maps(images, captions) and is not a LAVIS "
                     f"ALBEF or BLIP model: ALIGN-BENCH needs a fusion model's text-to-image attention")
 
@@ -39,12 +39,12 @@ def offsets_tokenizer(tokenizer):
 
 
 @torch.no_grad()
-def lavis_cross_attention_maps(model, images: torch.Tensor, captions: Sequence[str]) -> CrossAttentionMaps:
+def lavis_cross_attention_maps(model, tokenizer, images: torch.Tensor, captions: Sequence[str]) -> CrossAttentionMaps:
     """The last cross-attention layer's probabilities of a LAVIS ALBEF/BLIP ``model``, image CLS column dropped,
-    max over heads: ``[B, L, K]`` for ``images`` ``[B, 3, H, W]``."""
-    encoded = offsets_tokenizer(model.tokenizer)(list(captions), padding="longest", truncation=True,
-                                                 max_length=model.max_txt_len, return_offsets_mapping=True,
-                                                 return_tensors="pt")
+    max over heads: ``[B, L, K]`` for ``images`` ``[B, 3, H, W]``; ``tokenizer`` is ``offsets_tokenizer`` of the
+    model's (built once per probe: converting a slow tokenizer reads its whole vocabulary)."""
+    encoded = tokenizer(list(captions), padding="longest", truncation=True, max_length=model.max_txt_len,
+                        return_offsets_mapping=True, return_tensors="pt")
     input_ids = encoded.input_ids.to(model.device)
     if isinstance(model, BlipBase):
         input_ids[:, 0] = model.tokenizer.enc_token_id

@@ -50,14 +50,10 @@ class AlbefGlsclPretrain(AlbefPretrainOffline):
     PRETRAINED_MODEL_CONFIG_DICT = {"demo": config_path("models/albef_glscl/pretrain_demo.yaml"),
                                     "tiny": config_path("models/albef_glscl/pretrain_tiny.yaml")}
 
-    def __init__(self, vision: dict, med_config: str, text_init: Optional[str] = None, embed_dim: int = 256,
-                 queue_size: int = 65536, momentum: float = 0.995, alpha: float = 0.4, temp: float = 0.07,
-                 mlm_mask_prob: float = 0.15, max_txt_len: int = 30, loss_weights: Optional[dict] = None,
-                 mgsc_image_mask_ratio: float = 0.8, mgsc_text_mask_ratio: float = 0.4,
-                 completion_temperature: float = 0.03):
-        super().__init__(vision=vision, med_config=med_config, text_init=text_init, queue_size=queue_size,
-                         embed_dim=embed_dim, mlm_mask_prob=mlm_mask_prob, temp=temp, momentum=momentum, alpha=alpha,
-                         max_txt_len=max_txt_len)
+    def __init__(self, loss_weights: Optional[dict] = None, mgsc_image_mask_ratio: float = 0.8,
+                 mgsc_text_mask_ratio: float = 0.4, completion_temperature: float = 0.03, **albef_options):
+        """``albef_options``: those of ``albef_pretrain_offline`` (``vision``, ``med_config``, ``queue_size``, ...)."""
+        super().__init__(**albef_options)
         self.loss_weights = objectives.loss_weights_for(COMPLETION_OBJECTIVES, loss_weights)  # ALBEF's own always run
         self.mgsc_image_mask_ratio = mgsc_image_mask_ratio
         self.mgsc_text_mask_ratio = mgsc_text_mask_ratio
