@@ -14,27 +14,60 @@ def world() -> Tuple[int, int]:
     return get_rank(), get_world_size()
 
 
+class LaunchError(RuntimeError):
+    """The launcher's environment is not enough to start the process group."""
+
+
+def launch_environment(environ=None) -> Optional[Tuple[int, int, int]]:
+    """``(rank, world_size, local_rank)`` from torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) or,
+    as LAVIS's ``init_distributed_mode`` reads them, SLURM's (``SLURM_PROCID``, ``SLURM_NTASKS``,
+    ``SLURM_LOCALID``); ``None`` for a plain process."""
+    environ = os.environ if environ is None else environ
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in environ:
+        return (int(environ["SLURM_PROCID"]), int(environ.get("SLURM_NTASKS", 1)),
+                int(environ.get("SLURM_LOCALID", 0)))
+    return None
+
+
 def init_distributed(run_cfg) -> None:
-    """Start the process group when launched by torchrun (``RANK``/``WORLD_SIZE`` set): nccl on CUDA, gloo on CPU.
+    """Start the process group when launched by torchrun or srun: nccl on CUDA, gloo on CPU.
 
     Writes ``distributed``, ``rank``, ``world_size``, ``gpu`` and ``dist_backend`` into ``run_cfg`` as LAVIS's
-    ``init_distributed_mode`` does, which only knows nccl.
+    ``init_distributed_mode`` does, which only knows nccl.  Under SLURM, ``dist_url: env://`` needs
+    ``MASTER_ADDR`` and ``MASTER_PORT`` (torchrun sets them itself).  A second call in the same process (several
+    runs in one launch) reuses the group.
     """
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+    launch = launch_environment()
+    if launch is None:
         run_cfg.distributed = False
         return
-    run_cfg.rank = int(os.environ["RANK"])
-    run_cfg.world_size = int(os.environ["WORLD_SIZE"])
-    run_cfg.gpu = int(os.environ.get("LOCAL_RANK", 0))
+    run_cfg.rank, run_cfg.world_size, run_cfg.gpu = launch
     use_cuda = str(run_cfg.device).startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(run_cfg.gpu)
     run_cfg.dist_backend = "nccl" if use_cuda else "gloo"
     run_cfg.distributed = True
-    dist.init_process_group(backend=run_cfg.dist_backend, init_method=run_cfg.get("dist_url", "env://"),
-                            world_size=run_cfg.world_size, rank=run_cfg.rank,
-                            timeout=datetime.timedelta(minutes=run_cfg.get("dist_timeout_minutes", 60)))
+    if dist.is_initialized():
+        return
+    dist_url = run_cfg.get("dist_url", "env://")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if name not in os.environ]
+    if dist_url == "env://" and missing:
+        raise LaunchError(f"rank {run_cfg.rank} of {run_cfg.world_size} (SLURM) needs {' and '.join(missing)} for "
+                          f"run.dist_url env://: export MASTER_ADDR=<first node's host name> MASTER_PORT=<free port> "
+                          f"before srun, or set run.dist_url=tcp://<host>:<port>")
+    dist.init_process_group(backend=run_cfg.dist_backend, init_method=dist_url, world_size=run_cfg.world_size,
+                            rank=run_cfg.rank, timeout=datetime.timedelta(minutes=run_cfg.get("dist_timeout_minutes", 60)))
     dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group at the end of a launch: a gloo group left to interpreter exit can abort the process
+    ("terminate called without an active exception") while other ranks still talk to it."""
+    if is_dist_avail_and_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

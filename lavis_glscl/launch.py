@@ -80,6 +80,32 @@ def check_registered_names(cfg_path: str, options: List[str]) -> None:
             raise _unknown_name_error(kind, name, mapping, cfg_path)
 
 
+# What to put in a required (``???``) value of a packaged run yaml.
+REQUIRED_VALUE_HINTS = {
+    "model.vision_init.path": "a local OpenAI CLIP ViT-B/16 file (ViT-B-16.pt of the openai/CLIP release, or a state "
+                              "dict with visual.* keys); with vision_init.format=hf, a local CLIPVisionModel directory",
+    "model.text.path": "a local roberta-base directory (config.json, weights, tokenizer files: a saved copy of the "
+                       "Hugging Face roberta-base repository)",
+    "model.pretrained": "a local GLSCL checkpoint: the released GLSCL-100k.ckpt or MGSC-100k.ckpt, or the "
+                        "checkpoint_*.pth of a pre-training run",
+}
+
+
+class ConfigError(ValueError):
+    """A run yaml that cannot start; the entry points print it without a traceback."""
+
+
+def check_required_values(cfg_path: str, options: List[str]) -> None:
+    """Fail at once, naming each key and what to put there, when the run yaml leaves a required value (``???``)
+    unset, instead of deep inside model construction."""
+    cfg = OmegaConf.merge(OmegaConf.load(cfg_path), OmegaConf.from_dotlist(list(options)))
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        lines = [f"  {key}: {REQUIRED_VALUE_HINTS.get(key, 'see the comments of the yaml')}" for key in missing]
+        raise ConfigError(f"{cfg_path} needs values for:\n" + "\n".join(lines) +
+                         "\nset them in the yaml or with --options key=value")
+
+
 def setup_seeds(seed: int) -> None:
     seed = seed + distributed.world()[0]
     random.seed(seed)
@@ -99,6 +125,7 @@ def setup(args: argparse.Namespace) -> GlsclConfig:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args.cfg_path = run_config_path(args.cfg_path)
+    check_required_values(args.cfg_path, args.options)
     check_registered_names(args.cfg_path, args.options)
     cfg = GlsclConfig(args)
     distributed.init_distributed(cfg.run_cfg)
@@ -106,6 +133,14 @@ def setup(args: argparse.Namespace) -> GlsclConfig:
     setup_logger()
     cfg.pretty_print()
     return cfg
+
+
+def setup_or_exit(args: argparse.Namespace) -> GlsclConfig:
+    """:func:`setup` for the command line: a :class:`ConfigError` ends the process with its message alone."""
+    try:
+        return setup(args)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def build_runner(cfg: GlsclConfig):

@@ -1,4 +1,5 @@
-"""GLSCL's optimisation pieces for LAVIS: a step-level warm-up/linear-decay LR schedule with per-group scales."""
+"""GLSCL's optimisation pieces for LAVIS: a step-level warm-up/linear-decay LR schedule with per-group scales, and
+per-group scales for LAVIS's own schedulers."""
 from typing import List
 
 import torch
@@ -29,6 +30,8 @@ class WarmupLinearScheduler:
     ``iters_per_epoch`` is required: ``runner_glscl`` passes it.
     """
 
+    applies_lr_scale = True
+
     def __init__(self, optimizer, max_epoch, init_lr, iters_per_epoch, min_lr=0.0, warmup_ratio=0.1,
                  warmup_steps=0, warmup_start_lr=-1, **kwargs):
         self.optimizer = optimizer
@@ -53,3 +56,24 @@ class WarmupLinearScheduler:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         return lr
+
+
+class GroupScaledScheduler:
+    """Gives each optimizer group ``lr * group["lr_scale"]`` under a scheduler that sets one LR for every group, as
+    LAVIS's ``linear_warmup_cosine_lr`` and ``linear_warmup_step_lr`` do (they would drop the scales silently).
+
+    Each group's LR is brought back to the unscaled value before the wrapped scheduler steps, so schedulers that
+    set the LR and schedulers that multiply it are both scaled exactly once.
+    """
+
+    def __init__(self, scheduler, optimizer):
+        self.scheduler = scheduler
+        self.optimizer = optimizer
+
+    def step(self, cur_epoch: int, cur_step: int):
+        for group in self.optimizer.param_groups:
+            group["lr"] /= group.get("lr_scale", 1.0)
+        result = self.scheduler.step(cur_epoch=cur_epoch, cur_step=cur_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] *= group.get("lr_scale", 1.0)
+        return result

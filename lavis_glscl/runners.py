@@ -15,15 +15,25 @@ Differences from ``RunnerBase`` (LAVIS 1.0.2):
   epoch, iteration, every rank's RNG state, best metric), are written atomically and never with
   non-finite weights; ``resume_ckpt_path`` resumes at an epoch end or mid-epoch (``save_freq_iters``);
 - no unconditional barrier, and a relative ``output_dir`` is relative to the working directory.
+
+Where LAVIS 1.0.2's own loop is right, this one follows it: the step goes through ``task.train_step(model,
+samples)``; gradient accumulation (``accum_grad_iters``) synchronises DDP gradients only on the last micro-step
+(``no_sync``) and flushes a partial accumulation at the epoch end, so every checkpoint starts from zero gradients;
+LAVIS's schedulers keep each group's ``lr_scale`` (:class:`~lavis_glscl.optims.GroupScaledScheduler`); each logged
+step reports, as LAVIS's ``MetricLogger`` does, the ETA, seconds per step, data time and peak memory (CUDA
+allocator on GPU, resident set on CPU), plus the LR of every ``lr_scale`` group and, with ``max_grad_norm``, the
+gradient norm before clipping.
 """
+import contextlib
 import datetime
 import logging
 import os
 import random
+import resource
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,7 +46,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from lavis_glscl import distributed
 from lavis_glscl.datasets.loaders import TrainBatches
-from lavis_glscl.optims import default_param_groups
+from lavis_glscl.optims import GroupScaledScheduler, default_param_groups
 
 
 def rng_state() -> dict:
@@ -63,14 +73,54 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process so far in MiB: the CUDA allocator's on GPU, the resident set's on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class StepTimer:
+    """Seconds per step and data-loading seconds per step since the epoch (re)started, and the epoch's ETA."""
+
+    def __init__(self, iters: int):
+        self.iters = iters
+        self.steps = 0
+        self.total = self.data = 0.0
+        self.started = self.last = time.time()
+
+    def data_ready(self) -> None:
+        self.data += time.time() - self.last
+
+    def step_done(self) -> None:
+        self.steps += 1
+        self.last = time.time()
+        self.total = self.last - self.started
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.total / max(1, self.steps)
+
+    @property
+    def data_seconds_per_step(self) -> float:
+        return self.data / max(1, self.steps)
+
+    def eta_seconds(self, step: int) -> float:
+        return self.seconds_per_step * (self.iters - step - 1)
+
+
 @registry.register_runner("runner_glscl")
 class RunnerGlscl(RunnerBase):
     """See the module docstring.  Extra run options: ``amp_dtype`` (float16|bfloat16), ``warmup_ratio``,
     ``iters_per_epoch``, ``save_freq_iters``, ``keep_last_checkpoints``, ``find_unused_parameters``,
-    ``adam_eps``."""
+    ``adam_eps``, ``max_grad_norm``."""
 
     def __init__(self, cfg, task, model, datasets, job_id):
         super().__init__(cfg, task, model, datasets, job_id)
+        save_freq = int(cfg.run_cfg.get("save_freq_iters", 0) or 0)
+        if save_freq % self.accum_grad_iters:
+            raise ValueError(f"run.save_freq_iters ({save_freq}) must be a multiple of run.accum_grad_iters "
+                             f"({self.accum_grad_iters}): a mid-epoch checkpoint would drop accumulated gradients")
         self.best = {"agg_metrics": 0.0, "epoch": 0, "saved": False}
         self.test_results = None
 
@@ -137,11 +187,14 @@ class RunnerGlscl(RunnerBase):
         if self._lr_sched is None:
             run_cfg = self.config.run_cfg
             scheduler_cls = registry.get_lr_scheduler_class(run_cfg.lr_sched)
-            self._lr_sched = scheduler_cls(
+            # LAVIS's step scheduler takes decay_rate=None literally; its own default is 1
+            decay = {"decay_rate": run_cfg.lr_decay_rate} if run_cfg.get("lr_decay_rate") is not None else {}
+            scheduler = scheduler_cls(
                 optimizer=self.optimizer, max_epoch=self.max_epoch, min_lr=self.min_lr, init_lr=self.init_lr,
-                decay_rate=run_cfg.get("lr_decay_rate", None), warmup_start_lr=run_cfg.get("warmup_lr", -1),
-                warmup_steps=run_cfg.get("warmup_steps", 0), warmup_ratio=run_cfg.get("warmup_ratio", 0.1),
-                iters_per_epoch=len(self.train_loader))
+                warmup_start_lr=run_cfg.get("warmup_lr", -1), warmup_steps=run_cfg.get("warmup_steps", 0),
+                warmup_ratio=run_cfg.get("warmup_ratio", 0.1), iters_per_epoch=len(self.train_loader), **decay)
+            self._lr_sched = (scheduler if getattr(scheduler, "applies_lr_scale", False)
+                              else GroupScaledScheduler(scheduler, self.optimizer))
         return self._lr_sched
 
     @property
@@ -217,34 +270,35 @@ class RunnerGlscl(RunnerBase):
         save_freq = int(run_cfg.get("save_freq_iters", 0) or 0)
         sums: Dict[str, float] = defaultdict(float)
         counts = {"steps": 0, "image_steps": 0, "video_steps": 0, "skipped_samples": 0, "nonfinite_steps": 0}
-        tick = time.time()
+        timer = StepTimer(iters)
         logging.info("Start training epoch %d, %d iters per epoch.", epoch, iters)
         for step, samples in enumerate(loader.epoch(epoch, start_iter), start=start_iter):
+            timer.data_ready()
             skipped = samples.pop("num_skipped", None)
             if torch.is_tensor(skipped):
                 counts["skipped_samples"] += int(skipped.sum())
             samples = prepare_sample(samples, cuda_enabled=self.cuda_enabled)
             samples.update({"epoch": epoch, "num_iters_per_epoch": iters, "iters": step})
             self.lr_scheduler.step(cur_epoch=epoch, cur_step=step)
-            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                output = model(samples)
-            loss = output["loss"] / accum
-            if not self._finite_on_all_ranks(loss):
-                counts["nonfinite_steps"] += 1
-                logging.warning("epoch %d step %d: non-finite loss, step skipped on every rank", epoch, step)
-                self.optimizer.zero_grad(set_to_none=True)
-                continue
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-            else:
-                loss.backward()
-            if (step + 1) % accum == 0:
+            updates = (step + 1) % accum == 0 or step + 1 == iters
+            # DDP all-reduces gradients in backward; on accumulation micro-steps they only add up locally
+            sync = contextlib.nullcontext() if updates or not hasattr(model, "no_sync") else model.no_sync()
+            with sync:
+                with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                    loss, output = self.train_step(model, samples)
+                if not self._finite_on_all_ranks(loss):
+                    counts["nonfinite_steps"] += 1
+                    logging.warning("epoch %d step %d: non-finite loss, step skipped on every rank", epoch, step)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
                 if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
+                    self.scaler.scale(loss / accum).backward()
                 else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                    (loss / accum).backward()
+            if updates:
+                grad_norm = self._optimizer_step()
+                if grad_norm is not None:
+                    output["grad_norm"] = grad_norm
             counts["steps"] += 1
             modality = "video" if "video" in samples else "image"
             counts[f"{modality}_steps"] += 1
@@ -252,11 +306,45 @@ class RunnerGlscl(RunnerBase):
                 if key.startswith("loss") and torch.is_tensor(value):
                     sums[key] += float(value.detach())
                     sums[f"{modality}_{key}"] += float(value.detach())
+            timer.step_done()
             if step % self.log_freq == 0 or step == iters - 1:
-                self._log_step(epoch, step, iters, output, (time.time() - tick) / (step - start_iter + 1), modality)
+                self._log_step(epoch, step, iters, output, timer, modality)
             if save_freq and (step + 1) % save_freq == 0 and step + 1 < iters:
                 self._save_checkpoint(epoch, iteration=step + 1)
         return self._epoch_stats(sums, counts)
+
+    def train_step(self, model, samples: dict) -> Tuple[torch.Tensor, dict]:
+        """The task's ``train_step(model, samples)`` (a task that overrides it is honoured); returns its loss and
+        the model output of that step (every ``loss*`` entry is logged).  LAVIS's tasks return the loss alone, so
+        the output is taken from the model's forward as the task calls it."""
+        captured = {}
+        hook = self.unwrap_dist_model(model).register_forward_hook(
+            lambda module, inputs, output: captured.setdefault("output", output))
+        try:
+            result = self.task.train_step(model=model, samples=samples)
+        finally:
+            hook.remove()
+        loss = result[0] if isinstance(result, (tuple, list)) else result
+        output = dict(captured.get("output") or {})
+        output["loss"] = loss
+        return loss, output
+
+    def _optimizer_step(self) -> Optional[torch.Tensor]:
+        """Clip (``max_grad_norm``), step and zero the gradients; returns the norm before clipping, if clipped."""
+        max_norm = self.config.run_cfg.get("max_grad_norm", None)
+        grad_norm = None
+        if max_norm:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, float(max_norm))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
 
     @torch.no_grad()
     def eval_epoch(self, split_name, cur_epoch, skip_reload=False):
@@ -274,16 +362,33 @@ class RunnerGlscl(RunnerBase):
             return self.task.after_evaluation(val_result=results, split_name=split_name, epoch=cur_epoch)
         return None
 
-    def _log_step(self, epoch: int, step: int, iters: int, output, seconds_per_step: float, modality: str) -> None:
-        """Log the step's losses averaged over ranks, to the console and as a ``train_step`` record in log.txt."""
-        keys = sorted(k for k, v in output.items() if k.startswith("loss") and torch.is_tensor(v))
+    def _log_step(self, epoch: int, step: int, iters: int, output, timer: "StepTimer", modality: str) -> None:
+        """Log the step's losses averaged over ranks, the LR of each ``lr_scale`` group, timing and peak memory, to
+        the console (as LAVIS's MetricLogger lays it out) and as a ``train_step`` record in log.txt."""
+        keys = sorted(k for k, v in output.items() if (k.startswith("loss") or k == "grad_norm") and torch.is_tensor(v))
         values = torch.stack([output[k].detach().float() for k in keys]).to(torch.float64)
         values = (distributed.all_reduce_sum(values) / distributed.world()[1]).tolist()
         losses = dict(zip(keys, values))
-        lr = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
-        logging.info("Train: epoch [%d] [%d/%d] %s  lr: %.2e  %s  (%.2f s/it)", epoch, step, iters, modality, lr,
-                     "  ".join(f"{k}: {v:.4f}" for k, v in losses.items()), seconds_per_step)
-        self.log_stats({"epoch": epoch, "iter": step, "modality": modality, "lr": lr, **losses}, "train_step")
+        rates = self.group_learning_rates()
+        memory = peak_memory_mb(self.device)
+        logging.info("Train: epoch [%d] [%d/%d] %s  eta: %s  %s  lr: %s  time: %.4f  data: %.4f  max mem: %.0f",
+                     epoch, step, iters, modality, datetime.timedelta(seconds=int(timer.eta_seconds(step))),
+                     "  ".join(f"{k}: {v:.4f}" for k, v in losses.items()),
+                     " ".join(f"{lr:.2e}(x{scale:g})" for scale, lr in rates.items()),
+                     timer.seconds_per_step, timer.data_seconds_per_step, memory)
+        record = {"epoch": epoch, "iter": step, "modality": modality, "lr": self.base_learning_rate(),
+                  **{f"lr_scale_{scale:g}": lr for scale, lr in rates.items()}, **losses,
+                  "seconds_per_step": timer.seconds_per_step, "data_seconds": timer.data_seconds_per_step,
+                  "max_mem_mb": memory}
+        self.log_stats(record, "train_step")
+
+    def group_learning_rates(self) -> Dict[float, float]:
+        """``{lr_scale: lr}`` of the optimizer's groups, as set for this step."""
+        return {float(group.get("lr_scale", 1.0)): group["lr"] for group in self.optimizer.param_groups}
+
+    def base_learning_rate(self) -> float:
+        group = self.optimizer.param_groups[0]
+        return group["lr"] / group.get("lr_scale", 1.0)
 
     def _finite_on_all_ranks(self, loss: torch.Tensor) -> bool:
         flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
@@ -305,7 +410,7 @@ class RunnerGlscl(RunnerBase):
             # per-modality means only when the epoch mixed modalities
             if modality is None or 0 < steps < total_counts["steps"]:
                 stats[key] = value / max(1.0, steps)
-        stats["lr"] = self.optimizer.param_groups[0]["lr"] / self.optimizer.param_groups[0].get("lr_scale", 1.0)
+        stats["lr"] = self.base_learning_rate()
         stats["skipped_samples"] = int(total_counts["skipped_samples"])
         stats["nonfinite_steps"] = int(total_counts["nonfinite_steps"] / world_size)
         logging.info("Averaged stats: %s", "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"

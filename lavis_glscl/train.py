@@ -5,14 +5,16 @@ Launch under ``torchrun --nproc_per_node=N -m lavis_glscl.train ...`` for severa
 import sys
 
 import lavis_glscl  # noqa: F401  (registers lavis_glscl and LAVIS's runners before the config is read)
-from lavis_glscl.launch import build_runner, parse_args, report, setup
+from lavis_glscl import distributed
+from lavis_glscl.launch import build_runner, parse_args, report, setup_or_exit
 
 
 def main(argv=None):
-    cfg = setup(parse_args("Train a LAVIS model (GLSCL or any registered one).", argv))
+    cfg = setup_or_exit(parse_args("Train a LAVIS model (GLSCL or any registered one).", argv))
     runner = build_runner(cfg)
     runner.train()
     report(runner.test_results)
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import copy
 
 import pytest
 import torch
-from conftest import TINY_RUN, read_log_records, run_module, tiny_batch
+from helpers import TINY_RUN, read_log_records, run_module, tiny_batch
 
 
 @pytest.fixture

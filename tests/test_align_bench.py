@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from conftest import align_bench_tiny_yaml
+from helpers import align_bench_tiny_yaml
 from omegaconf import OmegaConf
 from PIL import Image
 

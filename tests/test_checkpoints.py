@@ -1,56 +1,210 @@
-"""External weights: released GLSCL checkpoints, OpenAI and HF CLIP vision weights, resolution changes."""
+"""External weights: released GLSCL checkpoints, safe unpickling, OpenAI and HF CLIP vision weights, resolution
+changes."""
+import argparse
+import pickle
+import re
+import sys
+import types
+
 import pytest
 import torch
-from conftest import tiny_batch
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from helpers import tiny_batch
+from omegaconf import OmegaConf
+from transformers import AutoConfig, AutoModel, BertConfig, CLIPVisionConfig, CLIPVisionModel
+from transformers.models.bert.modeling_bert import BertLayer
 
-from lavis_glscl.models.checkpoints import MAE_DECODER_PREFIXES, load_clip_vision, load_hf_clip_vision, read_checkpoint
+from lavis_glscl.models.checkpoints import load_clip_vision, load_hf_clip_vision, read_checkpoint
 from lavis_glscl.models.vision_transformer import VisionTransformer
+from lavis_glscl.paths import resolve_local_model_dir
 
-RELEASED_TOP_LEVEL = {"text_transformer", "vision_transformer", "cross_modal_text_transform",
-                      "cross_modal_image_transform", "token_type_embeddings", "cross_modal_image_layers",
-                      "cross_modal_text_layers", "cross_modal_image_pooler", "cross_modal_text_pooler", "mlm_score",
-                      "itm_score", "cl_temp", "vision_proj", "language_proj"}
-
-
-def released_checkpoint(model, path):
-    """A Lightning-style checkpoint in the released naming: the model's weights plus a tiny MAE decoder."""
-    state_dict = dict(model.state_dict())
-    decoder = {"decoder_embed.weight": torch.randn(8, 32), "mask_token": torch.randn(1, 1, 8),
-               "decoder_pos_embed": torch.randn(1, 17, 8), "decoder_blocks.0.attn.qkv.weight": torch.randn(24, 8),
-               "decoder_norm.weight": torch.ones(8), "decoder_pred.weight": torch.randn(192, 8)}
-    torch.save({"state_dict": {**state_dict, **decoder}, "epoch": 41, "global_step": 99999}, path)
-    return state_dict, decoder
+LIGHTNING_ATTRIBUTE_DICTS = ("pytorch_lightning.utilities.parsing.AttributeDict",
+                             "lightning.fabric.utilities.data.AttributeDict",
+                             "lightning_fabric.utilities.data.AttributeDict")
 
 
-def test_released_checkpoint_loads_with_only_the_mae_decoder_unused(tiny_model, tmp_path):
+def linear(name, out_features, in_features, bias=True):
+    return {f"{name}.weight": (out_features, in_features), **({f"{name}.bias": (out_features,)} if bias else {})}
+
+
+def layer_norm(name, width):
+    return {f"{name}.weight": (width,), f"{name}.bias": (width,)}
+
+
+def clip_visual_shapes(width, layers, patch_size, grid_size):
+    """OpenAI CLIP's ``VisionTransformer`` names and shapes (MLP 4x wide; no ``proj``), plus GLSCL's
+    ``visual_mask_token``, written out by hand from CLIP's layout."""
+    shapes = {"conv1.weight": (width, 3, patch_size, patch_size), "class_embedding": (width,),
+              "positional_embedding": (1 + grid_size ** 2, width), **layer_norm("ln_pre", width),
+              **layer_norm("ln_post", width), "visual_mask_token": (1, width)}
+    for n in range(layers):
+        block = {"attn.in_proj_weight": (3 * width, width), "attn.in_proj_bias": (3 * width,),
+                 **linear("attn.out_proj", width, width), **layer_norm("ln_1", width),
+                 **linear("mlp.c_fc", 4 * width, width), **linear("mlp.c_proj", width, 4 * width),
+                 **layer_norm("ln_2", width)}
+        shapes.update({f"transformer.resblocks.{n}.{key}": shape for key, shape in block.items()})
+    return shapes
+
+
+def mae_decoder_shapes(width, patch_size, grid_size, decoder_width=16):
+    """The MAE pixel decoder (timm block names) that the released CLIP wrapper builds but never uses."""
+    d = decoder_width
+    block = {**layer_norm("norm1", d), **linear("attn.qkv", 3 * d, d), **linear("attn.proj", d, d),
+             **layer_norm("norm2", d), **linear("mlp.fc1", 4 * d, d), **linear("mlp.fc2", d, 4 * d)}
+    return {**linear("decoder_embed", d, width), "mask_token": (1, 1, d),
+            "decoder_pos_embed": (1, 1 + grid_size ** 2, d),
+            **{f"decoder_blocks.0.{key}": shape for key, shape in block.items()},
+            **layer_norm("decoder_norm", d), **linear("decoder_pred", 3 * patch_size ** 2, d)}
+
+
+def head_shapes(text_width, vision_width, hidden, vocab_size, embed_dim):
+    """Bridges, poolers, heads and temperature by section 9's names; the ITC projections' insides are not documented
+    there, so they are lavis_glscl's (Linear, LayerNorm, GELU, Linear)."""
+    shapes = {**linear("cross_modal_text_transform", hidden, text_width),
+              **linear("cross_modal_image_transform", hidden, vision_width),
+              "token_type_embeddings.weight": (2, hidden),
+              **linear("cross_modal_text_pooler.dense", hidden, hidden),
+              **linear("cross_modal_image_pooler.dense", hidden, hidden), **linear("itm_score.fc", 2, 2 * hidden),
+              **linear("mlm_score.transform.dense", hidden, hidden),
+              **layer_norm("mlm_score.transform.LayerNorm", hidden),
+              **linear("mlm_score.decoder", vocab_size, hidden, bias=False), "mlm_score.bias": (vocab_size,),
+              "cl_temp": ()}
+    for name in ("vision_proj", "language_proj"):
+        shapes.update({**linear(f"{name}.0", hidden, hidden), **layer_norm(f"{name}.1", hidden),
+                       **linear(f"{name}.3", embed_dim, hidden)})
+    return shapes
+
+
+def random_like(tensor, generator):
+    """Distinct random values of ``tensor``'s shape and dtype (integer buffers: a permutation)."""
+    if tensor.is_floating_point():
+        return torch.randn(tensor.shape, generator=generator)
+    return torch.randperm(tensor.numel(), generator=generator).view(tensor.shape).to(tensor.dtype)
+
+
+def released_state_dict(model_cfg, seed=0):
+    """A released GLSCL ``state_dict`` (section 9's layout) at the sizes of ``model_cfg``, independently of the
+    model's own names: the vision keys by hand, the text keys from HF's model for the text config, the fusion
+    layers from HF's ``BertLayer``.  Every tensor holds distinct random values."""
+    vision, fusion, text = model_cfg.vision, model_cfg.fusion, model_cfg.text
+    grid = vision.image_size // vision.patch_size
+    text_config = AutoConfig.from_pretrained(resolve_local_model_dir(text.path), local_files_only=True,
+                                             **OmegaConf.to_container(text.config_overrides))
+    fusion_layer = BertLayer(BertConfig(hidden_size=fusion.hidden_size, num_attention_heads=fusion.num_heads,
+                                        intermediate_size=fusion.intermediate_size, is_decoder=True,
+                                        add_cross_attention=True))
+    templates = {f"vision_transformer.visual.{key}": torch.empty(shape) for key, shape in
+                 clip_visual_shapes(vision.width, vision.layers, vision.patch_size, grid).items()}
+    templates.update({f"vision_transformer.{key}": torch.empty(shape) for key, shape in
+                      mae_decoder_shapes(vision.width, vision.patch_size, grid).items()})
+    templates.update({f"text_transformer.{key}": value
+                      for key, value in AutoModel.from_config(text_config).state_dict().items()})
+    templates.update({f"cross_modal_{side}_layers.{n}.{key}": value for side in ("text", "image")
+                      for n in range(fusion.num_layers) for key, value in fusion_layer.state_dict().items()})
+    heads = head_shapes(text_config.hidden_size, vision.width, fusion.hidden_size, text_config.vocab_size,
+                        model_cfg.embed_dim)
+    templates.update({key: torch.empty(shape) for key, shape in heads.items()})
+    generator = torch.Generator().manual_seed(seed)
+    return {key: random_like(value, generator) for key, value in templates.items()}
+
+
+def is_mae_decoder(released_key):
+    """On the CLIP wrapper beside its ViT (``vision_transformer.visual``)."""
+    return released_key.startswith("vision_transformer.") and not released_key.startswith("vision_transformer.visual.")
+
+
+def lightning_class(patch, qualified_name, bases=()):
+    """A class that pickles as Lightning's ``qualified_name``: its modules are faked in ``sys.modules`` while
+    ``patch`` (a ``monkeypatch.context()``) lasts, as Lightning is not installed."""
+    module_name, _, class_name = qualified_name.rpartition(".")
+    parts = module_name.split(".")
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        patch.setitem(sys.modules, name, types.ModuleType(name))
+    cls = type(class_name, bases, {"__module__": module_name})
+    setattr(sys.modules[module_name], class_name, cls)
+    return cls
+
+
+def save_lightning_checkpoint(path, state_dict, monkeypatch, **entries):
+    """``state_dict`` in a PyTorch Lightning 1.x checkpoint of a METER-style module, with Lightning's usual entries
+    (AdamW and LambdaLR states, AMP scaler, ``ModelCheckpoint`` state keyed by its class as Lightning <= 1.4 does,
+    hyper-parameters in an ``AttributeDict``) and ``entries``."""
+    parameter = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([parameter], lr=2e-5, betas=(0.9, 0.98), weight_decay=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - step / 100000)
+    parameter.sum().backward()
+    optimizer.step()
+    scheduler.step()
+    with monkeypatch.context() as patch:
+        attribute_dict = lightning_class(patch, LIGHTNING_ATTRIBUTE_DICTS[0], (dict,))
+        model_checkpoint = lightning_class(patch, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint")
+        torch.save({"epoch": 41, "global_step": 100000, "pytorch-lightning_version": "1.3.2", "state_dict": state_dict,
+                    "callbacks": {model_checkpoint: {"monitor": "val/the_metric", "best_model_score": torch.tensor(0.7),
+                                                     "best_model_path": "/ckpt/last.ckpt", "dirpath": "/ckpt"}},
+                    "optimizer_states": [optimizer.state_dict()], "lr_schedulers": [scheduler.state_dict()],
+                    "native_amp_scaling_state": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5,
+                                                 "growth_interval": 2000, "_growth_tracker": 7},
+                    "hparams_name": "kwargs",
+                    "hyper_parameters": attribute_dict(config={"loss_names": {"mgsc": 1, "mltc": 1},
+                                                               "max_steps": 100000, "learning_rate": 2e-5}),
+                    **entries}, path)
+
+
+def tiny_config(pretrained=None):
+    from lavis_glscl.models.glscl import GlsclPretrain
+
+    config = OmegaConf.load(GlsclPretrain.default_config_path("tiny")).model
+    config.pretrained = pretrained
+    return config
+
+
+def test_released_checkpoint_lands_every_tensor_where_it_belongs(lavis_glscl, tmp_path, monkeypatch):
+    from lavis_glscl.models.glscl import GlsclPretrain
+
+    released = released_state_dict(tiny_config())
+    path = str(tmp_path / "GLSCL-100k.ckpt")
+    save_lightning_checkpoint(path, released, monkeypatch)
+    model = GlsclPretrain.from_config(tiny_config(pretrained=path))
+    state = model.state_dict()
+    destinations = {key: key.replace("vision_transformer.visual.", "vision_transformer.", 1)
+                    for key in released if not is_mae_decoder(key)}
+    for key, destination in destinations.items():
+        assert torch.equal(state[destination], released[key]), key
+    assert set(state) - set(destinations.values()) == {"vision_transformer.temporal_embed"}
+    assert model.vision_transformer.temporal_embed.abs().sum() == 0
+    report = model.load_checkpoint(path)
+    assert report.missing == ["vision_transformer.temporal_embed"]
+    assert report.unused == sorted(key for key in released if is_mae_decoder(key))
+
+
+def test_released_checkpoint_with_a_foreign_or_missing_key_is_refused_with_both_lists(lavis_glscl, tmp_path,
+                                                                                       monkeypatch):
+    from lavis_glscl.models.glscl import GlsclPretrain
+
+    released = released_state_dict(tiny_config())
+    released["vision_transformer.visual.proj"] = torch.randn(32, 16)  # OpenAI CLIP's projection: not released
+    del released["itm_score.fc.bias"]
+    path = str(tmp_path / "GLSCL-100k.ckpt")
+    save_lightning_checkpoint(path, released, monkeypatch)
+    expected = "missing ['itm_score.fc.bias'], unused ['vision_transformer.visual.proj']"
+    with pytest.raises(KeyError, match=re.escape(expected)):
+        GlsclPretrain.from_config(tiny_config(pretrained=path))
+
+
+def test_lightning_checkpoints_in_lavis_glscl_names_still_load(tiny_model, tmp_path, monkeypatch):
     from lavis_glscl.models.glscl import GlsclPretrain
 
     source = tiny_model.eval()
-    state_dict, decoder = released_checkpoint(source, tmp_path / "GLSCL-100k.ckpt")
-    assert {key.split(".")[0] for key in state_dict} == RELEASED_TOP_LEVEL
-    vision_keys = {key.split(".")[1] for key in state_dict if key.startswith("vision_transformer.")}
-    assert vision_keys == {"conv1", "class_embedding", "positional_embedding", "temporal_embed", "visual_mask_token",
-                           "ln_pre", "transformer", "ln_post"}
-    assert "vision_transformer.transformer.resblocks.1.attn.in_proj_weight" in state_dict
-    assert "cross_modal_text_layers.0.crossattention.self.query.weight" in state_dict
+    path = str(tmp_path / "own-names.ckpt")
+    save_lightning_checkpoint(path, dict(source.state_dict()), monkeypatch)
     torch.manual_seed(123)
     loaded = GlsclPretrain.from_pretrained("tiny").eval()
-    report = loaded.load_checkpoint(str(tmp_path / "GLSCL-100k.ckpt"))
-    assert report.missing == [] and report.unused == sorted(decoder)
-    assert all(key.startswith(MAE_DECODER_PREFIXES) for key in report.unused)
+    report = loaded.load_checkpoint(path)
+    assert report.missing == [] and report.unused == []
     batch = tiny_batch()
     with torch.no_grad():
         expected, observed = source(batch), loaded(batch)
     assert {k: v.item() for k, v in observed.items()} == pytest.approx({k: v.item() for k, v in expected.items()})
-
-
-def test_released_checkpoint_with_foreign_keys_is_refused_with_the_key_lists(tiny_model, tmp_path):
-    state_dict, decoder = released_checkpoint(tiny_model, tmp_path / "x.ckpt")
-    state_dict.pop("itm_score.fc.bias")
-    torch.save({"state_dict": {**state_dict, **decoder, "nlvr2_classifier.weight": torch.zeros(2)}}, tmp_path / "y.ckpt")
-    with pytest.raises(KeyError, match=r"missing \['itm_score.fc.bias'\], unused \['nlvr2_classifier.weight'\]"):
-        tiny_model.load_checkpoint(str(tmp_path / "y.ckpt"))
 
 
 def test_lavis_checkpoints_load_leniently_as_lavis_does(tiny_model, tmp_path):
@@ -59,6 +213,53 @@ def test_lavis_checkpoints_load_leniently_as_lavis_does(tiny_model, tmp_path):
     torch.save({"model": state_dict, "epoch": 0}, tmp_path / "checkpoint_0.pth")
     report = tiny_model.load_checkpoint(str(tmp_path / "checkpoint_0.pth"))
     assert report.missing == ["itm_score.fc.bias"] and report.unused == []
+
+
+@pytest.mark.parametrize("attribute_dict_name", LIGHTNING_ATTRIBUTE_DICTS)
+def test_lightning_hyper_parameters_unpickle_safely_without_lightning(attribute_dict_name, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        attribute_dict = lightning_class(patch, attribute_dict_name, (dict,))
+        model_checkpoint = lightning_class(patch, "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint")
+        torch.save({"hyper_parameters": attribute_dict(config={"image_size": 288, "tokenizer": "roberta-base"},
+                                                       args=argparse.Namespace(seed=0, num_gpus=8)),
+                    "callbacks": {model_checkpoint: {"best_model_score": torch.tensor(0.5)}}}, tmp_path / "hp.ckpt")
+    checkpoint = read_checkpoint(str(tmp_path / "hp.ckpt"))
+    assert checkpoint["hyper_parameters"] == {"config": {"image_size": 288, "tokenizer": "roberta-base"},
+                                              "args": argparse.Namespace(seed=0, num_gpus=8)}
+    assert checkpoint["callbacks"] == {"pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint":
+                                       {"best_model_score": torch.tensor(0.5)}}
+
+
+UNPICKLED = []
+
+
+def record_unpickling():
+    UNPICKLED.append("ran")
+    return "payload"
+
+
+class Payload:
+    """Any pickled object: unpickling it runs code the file names, here ``record_unpickling``."""
+
+    def __reduce__(self):
+        return record_unpickling, ()
+
+
+def test_checkpoints_holding_arbitrary_objects_load_only_when_trusted(tiny_model, tmp_path, monkeypatch):
+    from lavis_glscl.models.glscl import GlsclPretrain
+
+    path = str(tmp_path / "payload.ckpt")
+    save_lightning_checkpoint(path, dict(tiny_model.state_dict()), monkeypatch, loops={"payload": Payload()})
+    UNPICKLED.clear()
+    refusal = re.escape(f"(['{record_unpickling.__module__}.record_unpickling'])") + ".*trust_checkpoint: true"
+    with pytest.raises(pickle.UnpicklingError, match=refusal):
+        GlsclPretrain.from_config(tiny_config(pretrained=path))
+    assert UNPICKLED == []
+    config = tiny_config(pretrained=path)
+    config.trust_checkpoint = True
+    model = GlsclPretrain.from_config(config)
+    assert UNPICKLED == ["ran"]
+    assert torch.equal(model.itm_score.fc.weight, tiny_model.itm_score.fc.weight)
 
 
 def openai_visual(width=32, layers=3):

@@ -12,8 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, read_log_records, run_module
-from test_training import DETERMINISTIC, free_port
+from helpers import DETERMINISTIC, TINY_RUN, free_port, read_log_records, run_module
 
 from lavis_glscl.datasets import shapes
 
@@ -29,9 +28,9 @@ def final_weights(output_dir, epoch):
     return torch.load(checkpoint, weights_only=True)["model"]
 
 
-def test_torchrun_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
-    options = DETERMINISTIC + ["run.max_epoch=3", "run.iters_per_epoch=4", "run.save_freq_iters=2",
-                               "run.batch_size_train=2", "run.test_splits=[]"]
+def test_torchrun_killed_mid_epoch_resumes_to_the_uninterrupted_weights_with_gradient_accumulation(tmp_path):
+    options = DETERMINISTIC + ["run.max_epoch=3", "run.iters_per_epoch=8", "run.accum_grad_iters=4",
+                               "run.save_freq_iters=4", "run.batch_size_train=2", "run.test_splits=[]"]
     environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
     uninterrupted = subprocess.run(torchrun_command(tmp_path / "full", options), cwd=tmp_path, env=environment,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)

@@ -1,7 +1,7 @@
 """LAVIS's own ALBEF and BLIP classes built offline, and ALIGN-BENCH's probe of their cross-attention."""
 import pytest
 import torch
-from conftest import TINY_RUN, read_log_records, run_module, tiny_batch
+from helpers import TINY_RUN, read_log_records, run_module, tiny_batch
 
 CAPTIONS = ["a red circle", "two small blue squares left of it"]
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_batch
+from helpers import tiny_batch
 
 from lavis_glscl.compare import markdown_table, read_metrics
 from lavis_glscl.matching import inverted_softmax, scan_similarity, vse_plus_plus_loss
@@ -42,7 +42,7 @@ def test_dual_encoder_loss_is_the_toolkit_loss_on_cosines(lavis_glscl):
 @torch.no_grad()
 def test_dual_encoder_scores_add_the_head_and_apply_the_reranker(lavis_glscl):
     model = dual_encoder(similarity_head="scan", head_weight=0.5).eval()
-    from test_model import ListLoader
+    from helpers import ListLoader
 
     images = torch.randn(4, 3, 32, 32)
     texts = ["a red circle", "blue", "a green square above it", "two things"]
@@ -101,7 +101,7 @@ def test_read_metrics_merges_lavis_and_glscl_lines_and_table(tmp_path):
 
 
 def test_compare_command_trains_evaluates_tests_and_tabulates(tmp_path):
-    from conftest import TINY_RUN, align_bench_tiny_yaml, run_module
+    from helpers import TINY_RUN, align_bench_tiny_yaml, run_module
 
     config = tmp_path / "compare.yaml"
     config.write_text(f"""

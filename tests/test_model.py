@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_batch
+from helpers import ListLoader, tiny_batch
 
 from lavis_glscl.models import glscl as glscl_module
 from lavis_glscl.models.glscl import GlsclPretrain, GlsclRetrieval
@@ -134,18 +134,6 @@ def test_itm_rerank_batches_queries_and_orders_the_rest_below():
     assert torch.equal(one.argsort(dim=1, descending=True), sims.argsort(dim=1, descending=True))
 
 
-class ListLoader:
-    """A minimal eval loader over an in-memory gallery in LAVIS's (Video)RetrievalEvalDataset shape."""
-
-    def __init__(self, visuals, texts, batch_size=3, key="image"):
-        self.dataset = type("Gallery", (), {"text": texts, "__len__": lambda self: len(visuals)})()
-        self.visuals, self.batch_size, self.key = visuals, batch_size, key
-
-    def __iter__(self):
-        for start in range(0, len(self.visuals), self.batch_size):
-            yield {self.key: self.visuals[start:start + self.batch_size], "index": torch.arange(start, start + 3)}
-
-
 @pytest.mark.parametrize("key, shape", [("image", (5, 3, 32, 32)), ("video", (5, 3, 3, 32, 32))])
 @torch.no_grad()
 def test_compute_sim_matrix_with_k_covering_the_gallery_equals_scoring_every_pair(tiny_model, key, shape):
@@ -176,21 +164,49 @@ def test_compute_sim_matrix_refuses_a_partial_gallery(tiny_model):
         tiny_model.compute_sim_matrix(loader, {"k_test": 2})
 
 
-def test_retrieval_model_is_registered_with_itc_itm_defaults(lavis_glscl):
-    from lavis.common.registry import registry
+def training_step(model, batch):
+    """One forward and backward pass: the output, how many (image, caption) pairs the ITM head scored, and the
+    top-level modules and full names of the parameters that received a gradient."""
+    scored = []
+    hook = model.itm_score.register_forward_hook(lambda module, inputs, output: scored.append(len(inputs[0])))
+    try:
+        out = model(batch)
+    finally:
+        hook.remove()
+    out.loss.backward()
+    trained = {name for name, param in model.named_parameters() if param.grad is not None and param.grad.any()}
+    return out, sum(scored), {name.split(".")[0] for name in trained}, trained
 
-    assert registry.get_model_class("glscl_retrieval") is GlsclRetrieval
-    model = GlsclRetrieval.from_pretrained("tiny")
-    out = model(tiny_batch())
+
+def test_retrieval_model_is_registered_with_itc_itm_defaults(lavis_glscl):
+    """LAVIS's ``glscl_retrieval`` trains ITC and ITM only, both at full weight, with hard ITM negatives, where
+    the pre-training model also trains MLM/MGSC/MLTC, weighs ITC 0.5 and draws random negatives."""
+    from lavis.models import load_model
+
+    torch.manual_seed(0)
+    retrieval = load_model("glscl_retrieval", "tiny")
+    pretrain = GlsclPretrain.from_pretrained("tiny")
+    batch = tiny_batch(batch_size=4)
+    out, itm_pairs, modules, trained = training_step(retrieval, batch)
+    assert isinstance(retrieval, GlsclRetrieval)
     assert set(out.keys()) == {"loss", "loss_itc", "loss_itm"}
-    assert model.itm_negatives == "hard"
-    assert glscl_module.OBJECTIVES == ("itc", "itm", "mlm", "mgsc", "mltc", "head", "rank")
+    assert out.loss.item() == pytest.approx(out.loss_itc.item() + out.loss_itm.item())  # not pre-training's 0.5 ITC
+    # Each pair, plus its caption with a hard negative image and its image with a hard negative caption.
+    assert itm_pairs == 3 * 4
+    _, pretrain_itm_pairs, pretrain_modules, pretrain_trained = training_step(pretrain, batch)
+    assert pretrain_itm_pairs == 4  # random negatives: some pairs have their image swapped, none are added
+    # Same encoders and fusion; only the MLM head and the MLTC mask token stay untouched.
+    assert pretrain_modules - modules == {"mlm_score"} and modules <= pretrain_modules
+    assert "vision_transformer.visual_mask_token" in pretrain_trained - trained
 
 
 @torch.no_grad()
-def test_base_type_builds_the_released_architecture(lavis_glscl):
+def test_base_type_builds_the_released_architecture_and_warns_that_its_towers_are_random(lavis_glscl, caplog):
     torch.manual_seed(0)
-    model = GlsclPretrain.from_pretrained("base").eval()
+    with caplog.at_level("WARNING"):
+        model = GlsclPretrain.from_pretrained("base").eval()
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "random" in r.getMessage()]
+    assert "vision and text encoder starts from random weights" in warning and "model.vision_init" in warning
     vit = model.vision_transformer
     assert (vit.image_size, vit.patch_size, vit.width, len(vit.transformer.resblocks)) == (288, 16, 768, 11)
     assert (len(model.cross_modal_text_layers), len(model.cross_modal_image_layers)) == (6, 6)

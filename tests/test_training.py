@@ -1,24 +1,9 @@
 """End-to-end runs through LAVIS's task, config and runner machinery (subprocesses where a fresh process matters)."""
 import math
-import socket
 
 import pytest
 import torch
-from conftest import TINY_RUN, read_log_records, run_module
-
-DETERMINISTIC = [  # no dropout and no random augmentation: 1- and 2-process runs see identical inputs
-    "model.fusion.dropout=0.0", "model.text.config_overrides.hidden_dropout_prob=0.0",
-    "model.text.config_overrides.attention_probs_dropout_prob=0.0",
-    "datasets.shapes_demo.vis_processor.train.name=glscl_image_eval",
-]
-
-
-def step_losses(output_dir, epoch, iteration):
-    for record in read_log_records(output_dir, "train_step"):
-        if record["train_step_epoch"] == epoch and record["train_step_iter"] == iteration:
-            return {k[len("train_step_"):]: v for k, v in record.items() if k.startswith("train_step_loss")}
-    raise AssertionError(f"no train_step record for epoch {epoch} iteration {iteration} under {output_dir}")
-
+from helpers import DETERMINISTIC, TINY_RUN, free_port, read_log_records, run_module, step_losses
 
 def test_train_module_runs_two_iterations_and_tests(tmp_path):
     result = run_module("lavis_glscl.train", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={tmp_path}"],
@@ -31,12 +16,6 @@ def test_train_module_runs_two_iterations_and_tests(tmp_path):
     assert "txt_r1" in result.stdout and "img_r5" in result.stdout  # LAVIS retrieval metrics, printed
     evaluation = list(tmp_path.rglob("evaluate.txt"))
     assert len(evaluation) == 1 and "agg_metrics" in evaluation[0].read_text()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path):

@@ -3,10 +3,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import decord
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_batch
+from helpers import tiny_batch
 
 from lavis_glscl.datasets import shapes
 from lavis_glscl.datasets.datasets import VideoCaptionDataset, VideoRetrievalGallery
@@ -62,9 +63,46 @@ def test_eval_processor_keeps_frame_order_and_clip_normalisation(clips):
     assert video.min() < -1.0 and video.max() > 1.0  # CLIP mean/std normalisation, not [0, 1]
 
 
-def test_decoding_falls_back_when_decord_cannot_resize(clips):
-    # decord fails to resize 64 px frames to 48 px while decoding; the processor resizes after decoding
-    assert GlsclVideoEvalProcessor(image_size=48, n_frms=4)(str(clips / "odd.mp4")).shape == (4, 3, 48, 48)
+class UnresizableReader:
+    """A reader opened with a target size whose decoding fails, as decord's does for some size pairs
+    (64 -> 48 px)."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def get_batch(self, indices):
+        raise decord.DECORDError("cannot resize while decoding")
+
+
+def reader_that_cannot_resize(opened: list):
+    """A ``decord.VideoReader`` stand-in recording each reader's ``(width, height)``; sized ones fail to decode."""
+    real_reader = decord.VideoReader
+
+    def open_reader(path, width=-1, height=-1, **options):
+        opened.append((width, height))
+        reader = real_reader(path, width=width, height=height, **options)
+        return reader if (width, height) == (-1, -1) else UnresizableReader(len(reader))
+    return open_reader
+
+
+def test_decoding_falls_back_when_decord_cannot_resize(clips, monkeypatch):
+    """When decord cannot resize while decoding, the processor decodes full-size frames and resizes them itself:
+    the same frames, in order, as decord's own resizing gives (compared at 32 px, where decord can resize)."""
+    path = str(clips / "odd.mp4")
+    assert decord.VideoReader(path, width=32, height=32).get_batch([0]).shape == (1, 32, 32, 3)  # resizes itself
+    processor = GlsclVideoEvalProcessor(image_size=32, n_frms=4)
+    resized_by_decord = processor(path)
+    opened = []
+    monkeypatch.setattr(decord, "VideoReader", reader_that_cannot_resize(opened))
+    resized_after = processor(path)
+    assert opened == [(32, 32), (-1, -1)]  # the resizing reader failed, then a full-size one decoded
+    assert resized_after.shape == (4, 3, 32, 32)
+    # frame i of one against frame j of the other: small only on the diagonal (other frames show the circle moved)
+    distances = (resized_after[:, None] - resized_by_decord[None]).abs().mean(dim=(2, 3, 4))
+    assert distances.diagonal().max() < 0.05 and distances.argmin(dim=1).tolist() == [0, 1, 2, 3]
 
 
 def test_unreadable_videos_raise_a_decode_error(clips):

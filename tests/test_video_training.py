@@ -1,7 +1,7 @@
 """Video through LAVIS's machinery: mixed image + video training, and LAVIS's own MSR-VTT builder."""
 from pathlib import Path
 
-from conftest import REPO, read_log_records, run_module
+from helpers import REPO, read_log_records, run_module
 
 from lavis_glscl.datasets import shapes
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 import torch
-from conftest import read_log_records, run_module
+from helpers import read_log_records, run_module, tiny_vqa_yaml
 
 
 @pytest.fixture(scope="module")
@@ -63,65 +63,7 @@ def test_vqa_soft_targets_and_prediction(lavis_glscl):
 
 
 def test_glscl_vqa_trains_and_is_scored_by_lavis_vqa_task(tmp_path):
-    from PIL import Image
-
-    images = tmp_path / "images"
-    images.mkdir()
-    answers = ["red", "blue", "yes", "no"]
-    train, test, coco_questions, coco_annotations = [], [], [], []
-    for i in range(8):
-        Image.new("RGB", (32, 32), (200 * (i % 2), 0, 200 * (1 - i % 2))).save(images / f"{i}.png")
-        train.append({"image": f"{i}.png", "question": "what color is it?", "answer": [answers[i % 2]] * 3,
-                      "question_id": i})
-        test.append({"image": f"{i}.png", "question": "what color is it?", "question_id": 100 + i})
-        coco_questions.append({"image_id": i, "question": "what color is it?", "question_id": 100 + i})
-        coco_annotations.append({"image_id": i, "question_id": 100 + i, "question_type": "what color",
-                                 "answer_type": "other", "multiple_choice_answer": answers[i % 2],
-                                 "answers": [{"answer": answers[i % 2], "answer_id": k} for k in range(1, 11)]})
-    header = {"info": {}, "task_type": "Open-Ended", "data_type": "t", "data_subtype": "test", "license": {}}
-    files = {"train.json": train, "test.json": test, "answers.json": answers,
-             "q.json": {**header, "questions": coco_questions}, "a.json": {**header, "annotations": coco_annotations}}
-    for name, content in files.items():
-        (tmp_path / name).write_text(json.dumps(content))
-    config = tmp_path / "vqa.yaml"
-    config.write_text(f"""
-model: {{arch: glscl_vqa, model_type: tiny, answer_list: {tmp_path / 'answers.json'}}}
-datasets:
-  glscl_vqa:
-    vis_processor:
-      train: {{name: glscl_image_eval, image_size: 32}}
-      eval: {{name: glscl_image_eval, image_size: 32}}
-    text_processor:
-      train: {{name: glscl_caption}}
-      eval: {{name: glscl_caption}}
-    build_info:
-      annotations:
-        train: {{storage: {tmp_path / 'train.json'}}}
-        test: {{storage: [{tmp_path / 'test.json'}, {tmp_path / 'answers.json'}, {tmp_path / 'q.json'}, {tmp_path / 'a.json'}]}}
-      images: {{storage: {images}}}
-run:
-  task: vqa
-  runner: runner_glscl
-  device: cpu
-  seed: 1
-  output_dir: {tmp_path / 'out'}
-  lr_sched: glscl_warmup_linear
-  init_lr: 1e-3
-  min_lr: 0.0
-  weight_decay: 0.0
-  max_epoch: 1
-  iters_per_epoch: 2
-  batch_size_train: 4
-  batch_size_eval: 4
-  num_workers: 0
-  log_freq: 1
-  use_dist_eval_sampler: false
-  train_splits: [train]
-  test_splits: [test]
-  evaluate: false
-  distributed: false
-  dist_url: env://
-""")
+    config = tiny_vqa_yaml(tmp_path, tmp_path / "out")
     result = run_module("lavis_glscl.train", ["--cfg-path", str(config)], cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
     steps = read_log_records(tmp_path / "out", "train_step")

@@ -14,7 +14,7 @@ completion objectives read the fused text stream:
 With ``loss_weights`` of 0 the model is ALBEF pre-training exactly as LAVIS runs it (``AlbefPretrain.forward``),
 at whatever width and depth its config gives, which makes it the baseline of a side-by-side comparison.
 """
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 import torch
 from lavis.common.registry import registry
@@ -59,6 +59,13 @@ class AlbefGlsclPretrain(AlbefPretrainOffline):
         self.mgsc_text_mask_ratio = mgsc_text_mask_ratio
         self.completion_temperature = completion_temperature
         self.image_completion_head = nn.Linear(self.text_encoder.config.hidden_size, self.visual_encoder.vision_width)
+
+    def reached_parameters(self) -> Iterator[nn.Parameter]:
+        """ALBEF's own objectives always run; ``image_completion_head`` serves MGSC only."""
+        head = {id(param) for param in self.image_completion_head.parameters()}
+        for param in self.parameters():
+            if self.loss_weights["mgsc"] or id(param) not in head:
+                yield param
 
     def forward(self, samples: dict) -> Dict[str, torch.Tensor]:
         albef = super().forward(samples)

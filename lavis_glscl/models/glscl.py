@@ -18,7 +18,7 @@ import importlib
 import json
 import logging
 from dataclasses import dataclass
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
@@ -143,6 +143,8 @@ class GlsclModel(ConfiguredModel):
         self.vision_transformer = VisionTransformer(**vision)
         if vision_init:
             self.vision_init_report = initialise_vision(self.vision_transformer, **vision_init)
+        starts = {"vision": bool(vision_init), "text": bool(text.get("pretrained", True))}
+        self.random_towers = tuple(tower for tower, loaded in starts.items() if not loaded)
         self.text_transformer, self.tokenizer = build_text_encoder(**text)
         hidden = fusion["hidden_size"]
         fusion_config = co_attention_config(hidden, fusion["num_heads"], fusion["intermediate_size"],
@@ -199,10 +201,41 @@ class GlsclModel(ConfiguredModel):
             # ITM head itself stays as pre-trained unless ITM is trained too.
             self.rank_output = nn.Linear(2 * hidden, 1)
             self.init_rank_output()
-            if not weights["itm"]:
-                self.itm_score.requires_grad_(False)
         self._steps_without_schedule = 0
         self.freeze(freeze or [])
+
+    def active_objectives(self) -> List[str]:
+        return [name for name, weight in self.loss_weights.items() if weight]
+
+    def objective_reach(self) -> Dict[str, list]:
+        """Per objective, the modules and parameters beyond the encoders that its passes train."""
+        fusion = [self.token_type_embeddings, self.cross_modal_text_layers, self.cross_modal_image_layers]
+        poolers = [self.cross_modal_text_pooler, self.cross_modal_image_pooler]
+        temperature = [self.cl_temp] if self.contrastive_fn is None else []
+        return {
+            "itc": [self.vision_proj, self.language_proj, *temperature],
+            "head": temperature,
+            "itm": [*fusion, *poolers, self.itm_score],
+            # MLM reads the fused text tokens: the last image-side layer's output feeds no text layer
+            "mlm": [self.token_type_embeddings, self.cross_modal_text_layers, *self.cross_modal_image_layers[:-1],
+                    self.mlm_score],
+            "mgsc": fusion,
+            "mltc": [*fusion, self.vision_transformer.visual_mask_token],
+            "rank": [*fusion, *poolers, *([self.rank_output] if hasattr(self, "rank_output") else [])],
+        }
+
+    def reached_parameters(self) -> Iterator[nn.Parameter]:
+        """Every parameter some active objective trains: both encoders and bridges (without the MLTC mask token
+        and HF's unused text pooler), plus each active objective's :meth:`objective_reach`."""
+        vit = self.vision_transformer
+        yield from (param for name, param in vit.named_parameters() if name != "visual_mask_token")
+        for module in (self.text_transformer.embeddings, self.text_transformer.encoder,
+                       self.cross_modal_text_transform, self.cross_modal_image_transform):
+            yield from module.parameters()
+        reach = self.objective_reach()
+        for objective in self.active_objectives():
+            for part in reach[objective]:
+                yield from ([part] if isinstance(part, nn.Parameter) else part.parameters())
 
     @property
     def device(self) -> torch.device:
@@ -213,10 +246,10 @@ class GlsclModel(ConfiguredModel):
         self.rank_output.weight.copy_(self.itm_score.fc.weight[1:2])
         self.rank_output.bias.copy_(self.itm_score.fc.bias[1:2])
 
-    def load_checkpoint(self, url_or_filename):
+    def load_checkpoint(self, url_or_filename, trust_checkpoint: bool = False):
         """As ``ConfiguredModel.load_checkpoint``; a checkpoint without ``rank_output`` (any pre-training one)
         re-initialises it from its ITM head, as the released fine-tuning does."""
-        report = super().load_checkpoint(url_or_filename)
+        report = super().load_checkpoint(url_or_filename, trust_checkpoint)
         if hasattr(self, "rank_output") and "rank_output.weight" in report.missing:
             self.init_rank_output()
         return report
@@ -635,10 +668,14 @@ class GlsclVqa(GlsclModel):
         self.vqa_classifier = nn.Sequential(nn.Linear(2 * hidden, 2 * hidden), nn.LayerNorm(2 * hidden), nn.GELU(),
                                             nn.Linear(2 * hidden, len(self.answers)))
         self.vqa_classifier.apply(self._init_bert_weights)
-        # Only the fused features are used: the pre-training heads take no part.
-        for head in (self.itm_score, self.mlm_score, self.vision_proj, self.language_proj):
-            head.requires_grad_(False)
-        self.cl_temp.requires_grad_(False)
+
+    def active_objectives(self) -> List[str]:
+        return ["vqa"]
+
+    def objective_reach(self) -> Dict[str, list]:
+        """VQA trains the fusion and poolers under its classifier; the pre-training heads take no part."""
+        return {"vqa": [self.token_type_embeddings, self.cross_modal_text_layers, self.cross_modal_image_layers,
+                        self.cross_modal_text_pooler, self.cross_modal_image_pooler, self.vqa_classifier]}
 
     def answer_logits(self, samples: dict) -> torch.Tensor:
         """``[B, num_answers]`` logits for the questions ``samples['text_input']`` about ``samples['image']``."""

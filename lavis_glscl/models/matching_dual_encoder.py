@@ -13,7 +13,7 @@ Parts are chosen by name and configured by name (``loss_options: {vse++: {margin
 LAVIS merges default and run yamls key by key, so switching ``loss: vse++`` never inherits another loss's
 options.
 """
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,11 @@ class MatchingDualEncoder(ConfiguredModel):
     @property
     def device(self) -> torch.device:
         return self.text_proj.weight.device
+
+    def reached_parameters(self) -> Iterator[nn.Parameter]:
+        """Everything but the ViT's MLTC mask token: no matching loss masks patches."""
+        mask_token = self.vision_transformer.visual_mask_token
+        return (param for param in self.parameters() if param is not mask_token)
 
     def tokenize(self, captions: List[str]) -> TextBatch:
         return tokenize(self.tokenizer, captions, self.max_text_length, self.device)
