@@ -23,8 +23,9 @@ def default_param_groups(model: torch.nn.Module, weight_decay: float) -> List[di
 
 @registry.register_lr_scheduler("glscl_warmup_linear")
 class WarmupLinearScheduler:
-    """Linear warm-up from ``warmup_start_lr`` to ``init_lr`` over the first steps, then linear decay to
-    ``min_lr`` at the last step of the last epoch; every group gets ``lr * group["lr_scale"]``.
+    """Linear warm-up from ``warmup_start_lr`` to ``init_lr`` over the first steps, then linear decay that reaches
+    ``min_lr`` at step ``max_epoch * iters_per_epoch``, one past the last step run (as HF's linear schedule and the
+    released code's); every group gets ``lr * group["lr_scale"]``.
 
     The warm-up lasts ``warmup_steps`` steps when given (> 0), else ``warmup_ratio`` of all steps.
     ``iters_per_epoch`` is required: ``runner_glscl`` passes it.
