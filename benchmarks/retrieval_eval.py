@@ -77,7 +77,7 @@ def lavis_albef_evaluator_vs_batched(size: int, k: int, device: str):
     from lavis.models.albef_models import compute_sim_matrix as lavis_albef_sim_matrix
 
     from lavis_glscl.models.lavis_baselines import AlbefRetrievalOffline
-    from lavis_glscl.models.retrieval import score_matrices
+    from lavis_glscl.models.scoring import RetrievalOptions, score_matrices
 
     torch.manual_seed(0)
     model = AlbefRetrievalOffline.from_pretrained("demo").to(device).eval()
@@ -100,7 +100,7 @@ def lavis_albef_evaluator_vs_batched(size: int, k: int, device: str):
                                         encoder_attention_mask=encoder_mask, return_dict=True)
             return model.itm_head(output.last_hidden_state[:, 0])[:, 1]
 
-        return score_matrices(sims, score_pairs, {"k_test": k})
+        return score_matrices(sims, score_pairs, RetrievalOptions(k_test=k))
 
     with contextlib.redirect_stdout(io.StringIO()):  # LAVIS's evaluator prints its progress
         (lavis_i2t, lavis_t2i), lavis_s = timed(lambda: lavis_albef_sim_matrix(model, loader, k_test=k))
@@ -117,7 +117,7 @@ def lavis_albef_evaluator_vs_batched(size: int, k: int, device: str):
 def main():
     import lavis_glscl  # noqa: F401  (registers the models)
     from lavis_glscl.models.glscl import GlsclRetrieval
-    from lavis_glscl.models.retrieval import itm_rerank
+    from lavis_glscl.models.scoring import itm_rerank
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-type", default="demo")

@@ -21,7 +21,7 @@ Compare yaml::
           options: []
           evaluations:
             - name: GLSCL + inverted softmax
-              options: [run.rerank=inverted_softmax]
+              options: [run.score_normalizer=inverted_softmax]
 """
 import argparse
 import json

@@ -106,6 +106,16 @@ def check_required_values(cfg_path: str, options: List[str]) -> None:
                          "\nset them in the yaml or with --options key=value")
 
 
+def check_task_options(cfg_path: str, options: List[str]) -> None:
+    """Refuse a score normaliser on a task that would ignore it: only ``glscl_retrieval`` applies one (to any
+    model's scores; LAVIS's ``retrieval`` task scores with the model's matrices as they are)."""
+    run = OmegaConf.merge(OmegaConf.load(cfg_path), OmegaConf.from_dotlist(list(options))).get("run", {})
+    normalizer = run.get("score_normalizer", None) or run.get("rerank", None)
+    if normalizer not in (None, "none") and run.get("task") != "glscl_retrieval":
+        raise ConfigError(f"{cfg_path}: the score normaliser {normalizer!r} is applied by the glscl_retrieval task; "
+                          f"run.task is {run.get('task')!r}, which would ignore it: set run.task=glscl_retrieval")
+
+
 def setup_seeds(seed: int) -> None:
     seed = seed + distributed.world()[0]
     random.seed(seed)
@@ -126,6 +136,7 @@ def setup(args: argparse.Namespace) -> GlsclConfig:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args.cfg_path = run_config_path(args.cfg_path)
     check_required_values(args.cfg_path, args.options)
+    check_task_options(args.cfg_path, args.options)
     check_registered_names(args.cfg_path, args.options)
     cfg = GlsclConfig(args)
     distributed.init_distributed(cfg.run_cfg)

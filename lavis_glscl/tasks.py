@@ -1,4 +1,10 @@
-"""``glscl_retrieval``: LAVIS's retrieval task with a selectable aggregate and a hard-pair accuracy.
+"""``glscl_retrieval``: LAVIS's retrieval task with typed scoring options, score normalisers for any model, a
+selectable aggregate and a hard-pair accuracy.
+
+The task reads the run's ``k_test``, ``itm_pairs_per_batch`` and ``rerank_add_itc`` into
+:class:`~lavis_glscl.models.scoring.RetrievalOptions` for the model's ``compute_sim_matrix`` (LAVIS's own ALBEF/BLIP
+models read ``k_test`` from it as from a run config), then applies ``score_normalizer`` (``inverted_softmax``, with
+``score_normalizer_options: {inverted_softmax: {beta: 20}}``) to whatever matrices the model returned.
 
 Metrics come from LAVIS's own ``RetrievalTask._report_metrics`` (its line in ``evaluate.txt`` is unchanged);
 this task adds, on a second line and in the returned dict:
@@ -15,9 +21,38 @@ import os
 from typing import Dict, List
 
 import numpy as np
+import torch
 from lavis.common.dist_utils import is_main_process
 from lavis.common.registry import registry
 from lavis.tasks.retrieval import RetrievalTask
+
+from lavis_glscl.matching import build
+from lavis_glscl.models.scoring import RetrievalOptions
+
+# the score normaliser's run options, and the names they had before "re-rank" came to mean ITM re-scoring only
+NORMALIZER_KEYS = {"score_normalizer": "rerank", "score_normalizer_options": "rerank_options"}
+
+
+def normalizer_options(run_cfg) -> tuple:
+    """``(name, options)`` of the run's score normaliser; ``("none", {})`` when there is none."""
+    values = {}
+    for key, old_key in NORMALIZER_KEYS.items():
+        values[key] = run_cfg.get(key, None)
+        if values[key] is None and run_cfg.get(old_key, None) is not None:
+            logging.warning("run.%s is now run.%s (re-rank means ITM re-scoring of the shortlist)", old_key, key)
+            values[key] = run_cfg.get(old_key)
+    name = values["score_normalizer"] or "none"
+    return name, dict((values["score_normalizer_options"] or {}).get(name, {}))
+
+
+def normalise_scores(scores_i2t: np.ndarray, scores_t2i: np.ndarray, run_cfg):
+    """Both score matrices (queries are rows) through the run's score normaliser."""
+    name, options = normalizer_options(run_cfg)
+    if name == "qb_norm":
+        raise ValueError("score normaliser 'qb_norm' needs the scores of a querybank of training queries, which an "
+                         "evaluation run does not have; call lavis_glscl.matching.querybank_normalise directly")
+    normalise = build("score_normalizer", name, **options)
+    return tuple(normalise(torch.from_numpy(np.asarray(scores))).numpy() for scores in (scores_i2t, scores_t2i))
 
 
 def pair_accuracy(scores_i2t: np.ndarray, scores_t2i: np.ndarray, pairs: List[List[int]],
@@ -36,9 +71,10 @@ def pair_accuracy(scores_i2t: np.ndarray, scores_t2i: np.ndarray, pairs: List[Li
 @registry.register_task("glscl_retrieval")
 class GlsclRetrievalTask(RetrievalTask):
     def evaluation(self, model, data_loader, **kwargs):
-        scores_i2t, scores_t2i = model.compute_sim_matrix(data_loader, task_cfg=self.cfg)
+        scores_i2t, scores_t2i = model.compute_sim_matrix(data_loader, task_cfg=RetrievalOptions.of(self.cfg))
         if not is_main_process():
             return None
+        scores_i2t, scores_t2i = normalise_scores(scores_i2t, scores_t2i, self.cfg)
         dataset = data_loader.dataset
         result = self._report_metrics(scores_i2t, scores_t2i, dataset.txt2img, dataset.img2txt)
         extra = {}

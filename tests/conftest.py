@@ -27,3 +27,23 @@ def tiny_model(lavis_glscl):
 
     torch.manual_seed(0)
     return GlsclPretrain.from_pretrained("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny(lavis_glscl):
+    """``tiny(arch, dropout=True, **overrides)``: a registered model's seeded ``tiny`` build, ``overrides`` replacing
+    whole config entries (see ``helpers.tiny``)."""
+    from helpers import tiny as build
+
+    return build
+
+
+@pytest.fixture
+def run_yaml(tmp_path):
+    """``run_yaml(base=TINY_RUN, **sections)``: the tiny run yaml with ``model``/``run``/``datasets`` sections merged
+    in, written under this test's ``tmp_path``."""
+    from functools import partial
+
+    from helpers import run_yaml as write
+
+    return partial(write, tmp_path)

@@ -18,6 +18,41 @@ DETERMINISTIC = [
 ]
 
 
+def tiny_config(arch: str, dropout: bool = True, **overrides):
+    """The registered ``arch``'s ``tiny`` model config with ``overrides`` replacing whole entries (so
+    ``loss_weights={"itc": 1.0}`` leaves ITC alone on); ``dropout=False`` zeroes GLSCL's fusion and text dropout."""
+    from lavis.common.registry import registry
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(registry.get_model_class(arch).default_config_path("tiny")).model
+    if not dropout:
+        cfg.fusion.dropout = 0.0
+        cfg.text.config_overrides.hidden_dropout_prob = 0.0
+        cfg.text.config_overrides.attention_probs_dropout_prob = 0.0
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+def tiny(arch: str, dropout: bool = True, **overrides):
+    """The registered ``arch``'s ``tiny`` model, seeded, built from :func:`tiny_config`."""
+    import torch
+    from lavis.common.registry import registry
+
+    torch.manual_seed(0)
+    return registry.get_model_class(arch).from_config(tiny_config(arch, dropout, **overrides))
+
+
+def run_yaml(folder: Path, base: Path = TINY_RUN, **sections) -> Path:
+    """A copy of the run yaml ``base`` in ``folder`` with ``sections`` (``model={...}``, ``run={...}``,
+    ``datasets={...}``) merged into it; returns its path."""
+    from omegaconf import OmegaConf
+
+    path = Path(folder) / f"run_{len(list(Path(folder).glob('run_*.yaml')))}.yaml"
+    OmegaConf.save(OmegaConf.merge(OmegaConf.load(base), sections), path)
+    return path
+
+
 def tiny_batch(batch_size=4, frames=None, image_size=32, seed=0):
     import torch
 
@@ -32,10 +67,14 @@ def tiny_batch(batch_size=4, frames=None, image_size=32, seed=0):
 
 
 class ListLoader:
-    """A minimal eval loader over an in-memory gallery in LAVIS's (Video)RetrievalEvalDataset shape."""
+    """A minimal eval loader over an in-memory gallery in LAVIS's (Video)RetrievalEvalDataset shape; with one caption
+    per item, caption ``i`` belongs to item ``i``."""
 
     def __init__(self, visuals, texts, batch_size=3, key="image"):
-        self.dataset = type("Gallery", (), {"text": texts, "__len__": lambda self: len(visuals)})()
+        pairs = {"txt2img": {i: i for i in range(len(texts))}, "img2txt": {i: [i] for i in range(len(texts))}}
+        self.dataset = type("Gallery", (), {"text": texts, "image": list(range(len(visuals))),
+                                            "__len__": lambda self: len(visuals),
+                                            **(pairs if len(texts) == len(visuals) else {})})()
         self.visuals, self.batch_size, self.key = visuals, batch_size, key
 
     def __iter__(self):
@@ -43,6 +82,11 @@ class ListLoader:
 
         for start in range(0, len(self.visuals), self.batch_size):
             yield {self.key: self.visuals[start:start + self.batch_size], "index": torch.arange(start, start + 3)}
+
+
+def loss_values(output) -> dict:
+    """``{name: float}`` of a model output's ``loss*`` entries (its intermediate outputs left out)."""
+    return {key: float(value.detach()) for key, value in output.items() if key.startswith("loss")}
 
 
 def run_module(module, args, cwd, env=None, timeout=600):

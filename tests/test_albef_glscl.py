@@ -64,6 +64,7 @@ def test_unknown_completion_objective_is_refused(lavis_glscl):
         AlbefGlsclPretrain.from_config(OmegaConf.merge(base, {"loss_weights": {"itc": 1.0}}))
 
 
+@pytest.mark.slow
 def test_albef_glscl_trains_through_the_runner_and_lavis_retrieval_evaluates_it(tmp_path):
     result = run_module("lavis_glscl.train", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={tmp_path}",
                                               "model.arch=albef_glscl_pretrain", "model.model_type=tiny"], cwd=tmp_path)

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from lavis_glscl.align_bench import scoring
+from lavis_glscl.align_bench.attention import cross_attention_probe
 from lavis_glscl.align_bench.data import AlignBenchBuilder, ensure_shapes_bench, shapes_bench_dir
 from lavis_glscl.paths import config_path, resolve_local_model_dir
 
@@ -144,7 +145,7 @@ def test_summary_averages_an_images_phrases_before_the_images():
 def test_cross_attention_maps_are_the_last_layers_text_to_image_probabilities(tiny_model):
     model = tiny_model.eval()
     images, captions = torch.randn(2, 3, 32, 32), ["a red circle", "a small blue square, left"]
-    maps = model.cross_attention_maps(images, captions)
+    maps = cross_attention_probe(model)(images, captions)
     text = model.tokenize(captions)
     fusion = model.fuse(model.encode_text(text.input_ids, text.attention_mask), text.attention_mask,
                         model.encode_image(images[:, None]), 1, output_attentions=True)

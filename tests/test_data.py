@@ -10,7 +10,6 @@ from PIL import Image
 
 from lavis_glscl.datasets import shapes
 from lavis_glscl.datasets.datasets import ImageCaptionDataset, ImageRetrievalGallery
-from lavis_glscl.paths import config_path
 from lavis_glscl.processors import GlsclCaptionProcessor, GlsclImageEvalProcessor, GlsclImageTrainProcessor
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -81,9 +80,33 @@ def test_shapes_regions_match_the_caption_and_the_pixels(small_shapes):
         assert (inside - color).abs().max() < 20  # the mask covers pixels of the phrase's colour
 
 
-def test_default_demo_set_has_enough_pairs():
-    generator = OmegaConf.load(config_path("datasets/shapes_demo/defaults.yaml")).datasets.shapes_demo.generator
-    assert generator.num_train >= 4000 and generator.num_test == 500
+def differ_minimally(kind: str, caption_a: str, caption_b: str) -> bool:
+    """Images: the captions differ in exactly one word.  Videos: only in the direction, each the reverse of
+    the other ("... moves up" / "... moves down")."""
+    if kind == "shapes_demo":
+        words_a, words_b = caption_a.split(), caption_b.split()
+        return len(words_a) == len(words_b) and sum(a != b for a, b in zip(words_a, words_b)) == 1
+    (subject_a, direction_a), (subject_b, direction_b) = caption_a.split(" moves "), caption_b.split(" moves ")
+    return subject_a == subject_b and shapes.REVERSED[direction_a] == direction_b
+
+
+@pytest.mark.parametrize("name", ["shapes_demo", "shapes_video_demo"])
+def test_default_demo_set_has_enough_pairs(lavis_glscl, name):
+    """The demo builders' test galleries carry their hard pairs: one per two items of the default test split,
+    disjoint, in range, each pair of items with one caption apiece that differ minimally."""
+    from lavis.common.registry import registry
+
+    builder_cls = registry.get_builder_class(name)
+    cfg = OmegaConf.load(builder_cls.default_config_path()).datasets[name]
+    cfg.generator.num_train = 2  # the test split at its default size; the default training split adds ~15 s
+    gallery = builder_cls(cfg).build_datasets()["test"]
+    pairs = gallery.hard_pairs
+    assert len(pairs) == cfg.generator.num_test // 2
+    items = [index for pair in pairs for index in pair]
+    assert len(set(items)) == len(items) and all(0 <= index < len(gallery) for index in items)
+    for a, b in pairs:
+        (text_a,), (text_b,) = gallery.img2txt[a], gallery.img2txt[b]
+        assert differ_minimally(name, gallery.text[text_a], gallery.text[text_b]), (a, b)
 
 
 def test_relations_are_drawn_true():

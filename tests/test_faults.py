@@ -28,6 +28,7 @@ def final_weights(output_dir, epoch):
     return torch.load(checkpoint, weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_torchrun_killed_mid_epoch_resumes_to_the_uninterrupted_weights_with_gradient_accumulation(tmp_path):
     options = DETERMINISTIC + ["run.max_epoch=3", "run.iters_per_epoch=8", "run.accum_grad_iters=4",
                                "run.save_freq_iters=4", "run.batch_size_train=2", "run.test_splits=[]"]
@@ -74,6 +75,7 @@ def write_media(folder, modality, index, rng):
     return path.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", ["images", "videos"])
 def test_ten_percent_bad_media_and_captions_train_to_the_end_with_exact_skip_counts(tmp_path, modality):
     """21 training pairs: 2 files that do not decode (garbage bytes, zero bytes), 2 empty captions, 1 missing file."""

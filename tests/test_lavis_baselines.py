@@ -138,6 +138,7 @@ def test_probe_refuses_a_model_without_cross_attention(lavis_glscl):
         cross_attention_probe(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["albef_retrieval_offline", "blip_retrieval_offline"])
 def test_lavis_retrieval_model_trains_through_the_runner_and_its_own_evaluator_scores_it(tmp_path, arch):
     result = run_module("lavis_glscl.train", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={tmp_path}",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lavis_glscl import matching
-from lavis_glscl.models.objectives import norm_softmax_loss
+from lavis_glscl.matching import norm_softmax_loss
 
 # Rows are images, columns are texts, positives on the diagonal.  With margin 0.2 the hinge values
 # [0.2 + S_neg - S_pos]_+ are, i2t by row: (0.10, 0.15), (0.10, 0), (0.25, 0);
@@ -150,24 +150,23 @@ def test_unified_loss_tends_to_vse_plus_plus_and_stays_finite():
 
 
 def test_unknown_names_raise_and_list_the_known_ones():
-    builders = [(matching.build_loss, matching.MATCHING_LOSSES),
-                (matching.build_similarity_head, matching.SIMILARITY_HEADS),
-                (matching.build_reranker, matching.RERANKERS)]
-    for build, registry in builders:
+    for kind, registry in matching.PARTS.items():
         with pytest.raises(ValueError) as error:
-            build("no_such_part")
+            matching.build(kind, "no_such_part")
         assert all(name in str(error.value) for name in registry)
+    with pytest.raises(ValueError, match="known kinds: loss, score_normalizer, similarity_head"):
+        matching.build("reranker", "none")
     assert set(matching.MATCHING_LOSSES) == {"sum_margin", "vse++", "knn_margin", "infonce", "unified"}
-    assert set(matching.RERANKERS) == {"none", "inverted_softmax", "qb_norm"}
+    assert set(matching.SCORE_NORMALIZERS) == {"none", "inverted_softmax", "qb_norm"}
     with pytest.raises(TypeError):
-        matching.build_loss("vse++", margni=0.2)
+        matching.build("loss", "vse++", margni=0.2)
 
 
 def test_built_parts_bind_their_options():
-    assert value(matching.build_loss("knn_margin", k=1)(TOY)) == pytest.approx(1.1, abs=TOL)
-    assert value(matching.build_loss("sum_margin", reduction="mean")(TOY)) == pytest.approx(0.4, abs=TOL)
-    assert value(matching.build_loss("infonce", temperature=0.05)(TOY)) == pytest.approx(1.886432, abs=TOL)
-    assert torch.equal(matching.build_reranker("none")(TOY), TOY)
+    assert value(matching.build("loss", "knn_margin", k=1)(TOY)) == pytest.approx(1.1, abs=TOL)
+    assert value(matching.build("loss", "sum_margin", reduction="mean")(TOY)) == pytest.approx(0.4, abs=TOL)
+    assert value(matching.build("loss", "infonce", temperature=0.05)(TOY)) == pytest.approx(1.886432, abs=TOL)
+    assert torch.equal(matching.build("score_normalizer", "none")(TOY), TOY)
 
 
 # ----------------------------------------------------------------------------------- similarity heads
@@ -304,7 +303,7 @@ def test_token_heads_batched_equal_pair_by_pair(head, options):
 
 
 def test_similarity_heads_build_by_name():
-    head = matching.build_similarity_head("token_max_sum", mode="v2t")
+    head = matching.build("similarity_head", "token_max_sum", mode="v2t")
     assert value(head(PATCHES, WORDS)) == pytest.approx(2.8, abs=TOL)
 
 
@@ -350,5 +349,5 @@ def test_querybank_normalise_only_touches_queries_landing_on_querybank_hits():
     # k = 2 retrieves {0, 2} and {0, 1}: query 1's top-1 (item 1) is now covered and re-normalised.
     reranked = matching.querybank_normalise(scores, querybank, beta=10.0, k=2)
     assert not torch.equal(reranked[1], scores[1])
-    built = matching.build_reranker("qb_norm", querybank_scores=querybank, beta=10.0)
+    built = matching.build("score_normalizer", "qb_norm", querybank_scores=querybank, beta=10.0)
     assert torch.equal(built(scores), matching.querybank_normalise(scores, querybank, beta=10.0))

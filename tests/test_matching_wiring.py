@@ -1,37 +1,27 @@
 """The matching toolkit wired into models and evaluation, and the comparison command."""
 import json
 
+import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from helpers import tiny_batch
 
 from lavis_glscl.compare import markdown_table, read_metrics
 from lavis_glscl.matching import inverted_softmax, scan_similarity, vse_plus_plus_loss
-from lavis_glscl.models.retrieval import rerank_both_directions
-
-
-def dual_encoder(**overrides):
-    from omegaconf import OmegaConf
-
-    from lavis_glscl.models.matching_dual_encoder import MatchingDualEncoder
-
-    torch.manual_seed(0)
-    cfg = OmegaConf.merge(OmegaConf.load(MatchingDualEncoder.default_config_path("tiny")).model, overrides)
-    return MatchingDualEncoder.from_config(cfg)
+from lavis_glscl.tasks import normalise_scores
 
 
 @pytest.mark.parametrize("loss", ["infonce", "vse++", "sum_margin", "knn_margin", "unified"])
-def test_dual_encoder_trains_with_every_loss(lavis_glscl, loss):
-    model = dual_encoder(loss=loss)
+def test_dual_encoder_trains_with_every_loss(tiny, loss):
+    model = tiny("matching_dual_encoder", loss=loss)
     out = model(tiny_batch())
     assert set(out.keys()) == {"loss", "loss_itc"} and torch.isfinite(out.loss)
     out.loss.backward()
     assert model.vision_proj.weight.grad.abs().sum() > 0
 
 
-def test_dual_encoder_loss_is_the_toolkit_loss_on_cosines(lavis_glscl):
-    model = dual_encoder(loss="vse++").eval()
+def test_dual_encoder_loss_is_the_toolkit_loss_on_cosines(tiny):
+    model = tiny("matching_dual_encoder", loss="vse++").eval()
     batch = tiny_batch()
     images, _ = model.encode_image(batch["image"].unsqueeze(1))
     texts, _ = model.encode_text(model.tokenize(batch["text_input"]))
@@ -40,54 +30,36 @@ def test_dual_encoder_loss_is_the_toolkit_loss_on_cosines(lavis_glscl):
 
 
 @torch.no_grad()
-def test_dual_encoder_scores_add_the_head_and_apply_the_reranker(lavis_glscl):
-    model = dual_encoder(similarity_head="scan", head_weight=0.5).eval()
+def test_dual_encoder_scores_add_the_weighted_head_to_the_cosines(tiny):
     from helpers import ListLoader
 
+    model = tiny("matching_dual_encoder", similarity_head="scan", head_weight=0.5).eval()
     images = torch.randn(4, 3, 32, 32)
     texts = ["a red circle", "blue", "a green square above it", "two things"]
-    cfg = {"rerank": "inverted_softmax", "rerank_options": {"inverted_softmax": {"beta": 7.0}}}
-    i2t, t2i = model.compute_sim_matrix(ListLoader(images, texts), cfg)
+    i2t, t2i = model.compute_sim_matrix(ListLoader(images, texts), {"k_test": 2})
     image_embeds, patches = model.encode_image(images.unsqueeze(1))
     text = model.tokenize(texts)
     text_embeds, words = model.encode_text(text)
     raw = image_embeds @ text_embeds.t() + 0.5 * scan_similarity(patches, words, None, text.maskable)
-    torch.testing.assert_close(torch.from_numpy(i2t), inverted_softmax(raw, 7.0), atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(torch.from_numpy(t2i), inverted_softmax(raw.t(), 7.0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(i2t), raw, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(t2i), raw.t(), atol=1e-5, rtol=1e-4)
 
 
-def test_glscl_contrastive_term_and_head_from_the_toolkit(tiny_model, lavis_glscl):
-    from omegaconf import OmegaConf
-
-    from lavis_glscl.models.glscl import GlsclPretrain
-
-    cfg = OmegaConf.load(GlsclPretrain.default_config_path("tiny")).model
-    cfg.loss_weights = {"itc": 1.0, "head": 0.5}
-    cfg.contrastive_loss = "vse++"
-    cfg.contrastive_loss_options = {"vse++": {"margin": 0.3}}
-    cfg.similarity_head = "token_max_sum"
-    torch.manual_seed(0)
-    model = GlsclPretrain.from_config(cfg).eval()
-    batch = tiny_batch()
-    out = model(batch)
-    assert set(out.keys()) == {"loss", "loss_itc", "loss_head"}
-    images = model.encode_image(batch["image"].unsqueeze(1))
-    text = model.tokenize(batch["text_input"])
-    texts = model.encode_text(text.input_ids, text.attention_mask)
-    sim = F.normalize(model.image_embedding(images, 1), dim=-1) @ F.normalize(model.text_embedding(texts), dim=-1).t()
-    assert out.loss_itc.item() == pytest.approx(vse_plus_plus_loss(sim, margin=0.3).item(), rel=1e-5)
-    assert out.loss.item() == pytest.approx(out.loss_itc.item() + 0.5 * out.loss_head.item(), rel=1e-6)
-    with pytest.raises(ValueError, match="no similarity_head"):
-        GlsclPretrain.from_config(OmegaConf.merge(cfg, {"similarity_head": None}))
-
-
-def test_rerank_option_names_are_checked():
-    scores = torch.randn(3, 4)
-    assert rerank_both_directions(scores, scores.t(), {})[0] is scores
+def test_score_normaliser_names_and_the_old_rerank_key_are_checked(caplog):
+    scores = np.random.RandomState(0).randn(3, 4).astype(np.float32)
+    unchanged = normalise_scores(scores, scores.T, {})
+    assert np.array_equal(unchanged[0], scores) and np.array_equal(unchanged[1], scores.T)
+    options = {"score_normalizer": "inverted_softmax", "score_normalizer_options": {"inverted_softmax": {"beta": 7.0}}}
+    expected = inverted_softmax(torch.from_numpy(scores), 7.0).numpy()
+    assert np.allclose(normalise_scores(scores, scores.T, options)[0], expected)
+    with caplog.at_level("WARNING"):
+        legacy = normalise_scores(scores, scores.T, {"rerank": "inverted_softmax",
+                                                     "rerank_options": {"inverted_softmax": {"beta": 7.0}}})
+    assert np.allclose(legacy[0], expected) and "run.rerank is now run.score_normalizer" in caplog.text
     with pytest.raises(ValueError, match="known names"):
-        rerank_both_directions(scores, scores.t(), {"rerank": "inverse_softmax"})
+        normalise_scores(scores, scores.T, {"score_normalizer": "inverse_softmax"})
     with pytest.raises(ValueError, match="querybank"):
-        rerank_both_directions(scores, scores.t(), {"rerank": "qb_norm"})
+        normalise_scores(scores, scores.T, {"score_normalizer": "qb_norm"})
 
 
 def test_read_metrics_merges_lavis_and_glscl_lines_and_table(tmp_path):
@@ -100,6 +72,7 @@ def test_read_metrics_merges_lavis_and_glscl_lines_and_table(tmp_path):
     assert table.splitlines()[-1] == "| a | 10.0 | 75.0 |"
 
 
+@pytest.mark.slow
 def test_compare_command_trains_evaluates_tests_and_tabulates(tmp_path):
     from helpers import TINY_RUN, align_bench_tiny_yaml, run_module
 
@@ -115,7 +88,7 @@ compare:
       options: []
       evaluations:
         - name: GLSCL + inverted softmax
-          options: [run.rerank=inverted_softmax]
+          options: [run.task=glscl_retrieval, run.score_normalizer=inverted_softmax]
     - name: GLSCL without MGSC and MLTC
       options: [model.loss_weights.mgsc=0, model.loss_weights.mltc=0]
 """)

@@ -4,23 +4,26 @@ import math
 
 import pytest
 import torch
-from helpers import ListLoader, tiny_batch
+from helpers import ListLoader, loss_values, tiny_batch
 
-from lavis_glscl.models import glscl as glscl_module
 from lavis_glscl.models.glscl import GlsclPretrain, GlsclRetrieval
-from lavis_glscl.models.retrieval import itm_rerank
+from lavis_glscl.models.scoring import itm_rerank
 
 
 def losses_of(model, batch):
-    return {k: v.item() for k, v in model(batch).items()}
+    return loss_values(model(batch))
 
 
 def test_output_has_every_objective_and_the_weighted_total(tiny_model):
     tiny_model.eval()
     out = tiny_model(tiny_batch())
     expected = {"loss", "loss_itc", "loss_itm", "loss_mlm", "loss_mgsc_image", "loss_mgsc_text", "loss_mltc_image",
-                "loss_mltc_text"}
+                "loss_mltc_text", "intermediate_output"}
     assert set(out.keys()) == expected
+    intermediate = out.intermediate_output  # the full-input passes, as LAVIS's models return them
+    assert intermediate.image_embeds.shape == (4, 1 + 16, 32) and intermediate.text_embeds.shape[:2] == (4, 9)
+    assert intermediate.image_feat.shape == intermediate.text_feat.shape == (4, 16)
+    assert intermediate.itm_logits.shape == (4, 2) and intermediate.itm_labels.tolist().count(0) == 2
     w = tiny_model.loss_weights
     total = (w["itc"] * out.loss_itc + w["itm"] * out.loss_itm + w["mlm"] * out.loss_mlm
              + w["mgsc"] * (out.loss_mgsc_image + out.loss_mgsc_text)
@@ -32,9 +35,9 @@ def test_output_has_every_objective_and_the_weighted_total(tiny_model):
 def test_shared_and_recomputed_unimodal_passes_give_the_same_losses(tiny_model):
     tiny_model.eval()  # dropout off
     recomputing = copy.deepcopy(tiny_model)
-    recomputing.share_unimodal_passes = False
+    recomputing.config.share_unimodal_passes = False
     for itm_negatives in ("random", "hard"):
-        tiny_model.itm_negatives = recomputing.itm_negatives = itm_negatives
+        tiny_model.config.itm_negatives = recomputing.config.itm_negatives = itm_negatives
         batch = tiny_batch(batch_size=6, seed=3)
         shared, recomputed = losses_of(tiny_model, batch), losses_of(recomputing, batch)
         assert shared.keys() == recomputed.keys()
@@ -59,7 +62,7 @@ def test_sharing_computes_each_distinct_unimodal_pass_once(tiny_model, monkeypat
     tiny_model(tiny_batch())
     assert calls == {"image": 3, "text": 3}  # full/dropped/token-masked image; full/MLM/MGSC text
     calls.update(image=0, text=0)
-    tiny_model.share_unimodal_passes = False
+    tiny_model.config.share_unimodal_passes = False
     tiny_model(tiny_batch())
     assert calls == {"image": 6, "text": 6}  # the released code: both encoders in each of the six passes
 
@@ -73,9 +76,9 @@ def test_masks_depend_on_the_step_not_on_the_call(tiny_model):
 
 
 def test_zero_weight_objectives_are_skipped(tiny_model):
-    tiny_model.loss_weights = {**{name: 0.0 for name in glscl_module.OBJECTIVES}, "itc": 1.0}
+    tiny_model.config.loss_weights = {**{name: 0.0 for name in tiny_model.loss_weights}, "itc": 1.0}
     out = tiny_model(tiny_batch())
-    assert set(out.keys()) == {"loss", "loss_itc"}
+    assert {key for key in out.keys() if key.startswith("loss")} == {"loss", "loss_itc"}
 
 
 def test_unknown_objective_or_negative_mode_is_refused(lavis_glscl):
@@ -113,7 +116,7 @@ def test_optimizer_groups_scale_fusion_and_heads_and_skip_decay_on_biases(tiny_m
 def test_video_batches_train_with_per_frame_mgsc(tiny_model):
     out = tiny_model(tiny_batch(frames=3))
     assert torch.isfinite(out.loss) and out.loss_mltc_image is not None
-    tiny_model.mltc_on_video = False
+    tiny_model.config.mltc_on_video = False
     assert tiny_model(tiny_batch(frames=3)).loss_mltc_image is None
 
 
@@ -189,7 +192,7 @@ def test_retrieval_model_is_registered_with_itc_itm_defaults(lavis_glscl):
     batch = tiny_batch(batch_size=4)
     out, itm_pairs, modules, trained = training_step(retrieval, batch)
     assert isinstance(retrieval, GlsclRetrieval)
-    assert set(out.keys()) == {"loss", "loss_itc", "loss_itm"}
+    assert set(loss_values(out)) == {"loss", "loss_itc", "loss_itm"}
     assert out.loss.item() == pytest.approx(out.loss_itc.item() + out.loss_itm.item())  # not pre-training's 0.5 ITC
     # Each pair, plus its caption with a hard negative image and its image with a hard negative caption.
     assert itm_pairs == 3 * 4
@@ -222,45 +225,59 @@ def test_base_type_builds_the_released_architecture_and_warns_that_its_towers_ar
     assert torch.isfinite(out.loss)
 
 
-def tiny_retrieval(**overrides):
-    """The ``tiny`` retrieval model, seeded, with ``overrides`` replacing whole entries of its default config."""
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(GlsclRetrieval.default_config_path("tiny")).model
-    for key, value in overrides.items():
-        cfg[key] = value
-    torch.manual_seed(0)
-    return GlsclRetrieval.from_config(cfg)
-
-
-def test_released_rank_recipe_scores_a_caption_against_its_negatives(lavis_glscl):
-    model = tiny_retrieval(loss_weights={"rank": 1.0, "itc": 0.5}, rank_negatives=3)
+def test_released_rank_recipe_scores_a_caption_against_its_negatives(tiny):
+    model = tiny("glscl_retrieval", loss_weights={"rank": 1.0, "itc": 0.5}, rank_negatives=3)
     torch.testing.assert_close(model.rank_output.weight, model.itm_score.fc.weight[1:2])
     assert not model.itm_score.fc.weight.requires_grad  # frozen, as released
     out = model(tiny_batch(batch_size=4))
-    assert set(out.keys()) == {"loss", "loss_rank", "loss_itc"}
+    assert set(loss_values(out)) == {"loss", "loss_rank", "loss_itc"}
     assert out.loss.item() == pytest.approx(out.loss_rank.item() + 0.5 * out.loss_itc.item(), rel=1e-6)
     assert 0 < out.loss_rank.item() < 5 and out.loss_rank.item() == pytest.approx(math.log(4), abs=0.5)
     out.loss.backward()
     assert model.rank_output.weight.grad.abs().sum() > 0
-    model.rank_negatives = 4
+    model.config.rank_negatives = 4
     with pytest.raises(ValueError, match="needs 4 negative captions"):
         model(tiny_batch(batch_size=4))
 
 
-def test_rank_recipe_fine_tunes_on_videos_too(lavis_glscl):
-    model = tiny_retrieval(loss_weights={"rank": 1.0, "itc": 1.0}, rank_negatives=3)
+def test_rank_recipe_fine_tunes_on_videos_too(tiny):
+    model = tiny("glscl_retrieval", loss_weights={"rank": 1.0, "itc": 1.0}, rank_negatives=3)
     out = model(tiny_batch(batch_size=4, frames=3))
-    assert set(out.keys()) == {"loss", "loss_rank", "loss_itc"}
+    assert set(loss_values(out)) == {"loss", "loss_rank", "loss_itc"}
     assert out.loss_rank.item() == pytest.approx(math.log(4), abs=0.5)
     out.loss.backward()
     assert model.rank_output.weight.grad.abs().sum() > 0 and model.vision_transformer.temporal_embed.grad is not None
 
 
-def test_rank_output_is_the_retrieval_score_after_fine_tuning(lavis_glscl):
-    model = tiny_retrieval(loss_weights={"rank": 1.0})
+def test_rank_output_is_the_retrieval_score_after_fine_tuning(tiny):
+    model = tiny("glscl_retrieval", loss_weights={"rank": 1.0})
     features = torch.randn(3, 64)
     with torch.no_grad():
         model.rank_output.weight.add_(1.0)
     torch.testing.assert_close(model.match_score(features), model.rank_output(features)[:, 0])
     assert not torch.allclose(model.match_score(features), model.itm_score(features)[:, 1])
+
+
+@torch.no_grad()
+def test_extract_features_follow_lavis_feature_extractor_convention(tiny):
+    from lavis.models.blip_models.blip_outputs import BlipOutputFeatures
+
+    model = tiny("glscl_retrieval").eval()
+    batch = tiny_batch()
+    image, text, fused = (model.extract_features(batch, mode=mode) for mode in ("image", "text", "multimodal"))
+    assert all(isinstance(features, BlipOutputFeatures) for features in (image, text, fused))
+    assert image.text_embeds is None and text.image_embeds is None and image.multimodal_embeds is None
+    image_tokens = model.encode_image(batch["image"].unsqueeze(1))
+    encoded = model.tokenize(batch["text_input"])
+    text_tokens = model.encode_text(encoded.input_ids, encoded.attention_mask)
+    torch.testing.assert_close(image.image_embeds, image_tokens)
+    torch.testing.assert_close(text.text_embeds, text_tokens)
+    # LAVIS users rank with image_embeds_proj[:, 0] @ text_embeds_proj[:, 0].T: GLSCL's normalised ITC embeddings
+    torch.testing.assert_close(image.image_embeds_proj[:, 0],
+                               torch.nn.functional.normalize(model.image_embedding(image_tokens, 1), dim=-1))
+    torch.testing.assert_close(text.text_embeds_proj[:, 0],
+                               torch.nn.functional.normalize(model.text_embedding(text_tokens), dim=-1))
+    expected = model.fuse(text_tokens, encoded.attention_mask, image_tokens, 1).text_feats
+    torch.testing.assert_close(fused.multimodal_embeds, expected)
+    with pytest.raises(ValueError, match="mode must be"):
+        model.extract_features(batch, mode="fused")

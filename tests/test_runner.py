@@ -13,11 +13,11 @@ from helpers import TINY_RUN, free_port, read_log_records, run_module
 RUN = ["run.test_splits=[]", "run.log_freq=1"]
 
 
-def tiny_runner(tmp_path, *options):
+def tiny_runner(cfg_path, output_dir):
+    """The runner of ``cfg_path`` (a ``run_yaml``), training into ``output_dir`` without a test split."""
     from lavis_glscl import launch
 
-    args = launch.parse_args("test", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={tmp_path}", *RUN,
-                                      *options])
+    args = launch.parse_args("test", ["--cfg-path", str(cfg_path), "--options", f"run.output_dir={output_dir}", *RUN])
     return launch.build_runner(launch.setup(args))
 
 
@@ -33,8 +33,8 @@ def count_optimizer_steps(runner, monkeypatch):
     return steps
 
 
-def test_the_task_train_step_is_what_the_runner_calls(lavis_glscl, tmp_path, monkeypatch):
-    runner = tiny_runner(tmp_path, "run.iters_per_epoch=3")
+def test_the_task_train_step_is_what_the_runner_calls(run_yaml, tmp_path, monkeypatch):
+    runner = tiny_runner(run_yaml(run={"iters_per_epoch": 3}), tmp_path)
     calls = []
     real_train_step = runner.task.train_step
 
@@ -54,22 +54,22 @@ def test_the_task_train_step_is_what_the_runner_calls(lavis_glscl, tmp_path, mon
     assert records[0]["train_step_loss"] == pytest.approx(2 * weighted, rel=1e-5)  # the task's loss is the loss
 
 
-def test_accumulation_steps_the_optimizer_every_n_micro_steps_and_flushes_at_the_epoch_end(lavis_glscl, tmp_path,
+def test_accumulation_steps_the_optimizer_every_n_micro_steps_and_flushes_at_the_epoch_end(run_yaml, tmp_path,
                                                                                              monkeypatch):
-    runner = tiny_runner(tmp_path, "run.iters_per_epoch=6", "run.accum_grad_iters=4")
+    runner = tiny_runner(run_yaml(run={"iters_per_epoch": 6, "accum_grad_iters": 4}), tmp_path)
     steps = count_optimizer_steps(runner, monkeypatch)
     runner.train()
     assert len(steps) == 2  # after micro-steps 4 and 6: no gradient is carried over the epoch end
 
 
-def test_save_frequency_must_be_a_multiple_of_the_accumulation(lavis_glscl, tmp_path):
+def test_save_frequency_must_be_a_multiple_of_the_accumulation(run_yaml, tmp_path):
     with pytest.raises(ValueError, match="save_freq_iters .6. must be a multiple of run.accum_grad_iters .4."):
-        tiny_runner(tmp_path, "run.accum_grad_iters=4", "run.save_freq_iters=6")
+        tiny_runner(run_yaml(run={"accum_grad_iters": 4, "save_freq_iters": 6}), tmp_path)
 
 
-def test_gradients_are_clipped_to_max_grad_norm_and_the_norm_before_clipping_is_logged(lavis_glscl, tmp_path,
+def test_gradients_are_clipped_to_max_grad_norm_and_the_norm_before_clipping_is_logged(run_yaml, tmp_path,
                                                                                         monkeypatch):
-    runner = tiny_runner(tmp_path, "run.iters_per_epoch=2", "run.max_grad_norm=0.01")
+    runner = tiny_runner(run_yaml(run={"iters_per_epoch": 2, "max_grad_norm": 0.01}), tmp_path)
     norms = []
     real_step = runner.optimizer.step
 
@@ -86,9 +86,9 @@ def test_gradients_are_clipped_to_max_grad_norm_and_the_norm_before_clipping_is_
 
 
 @pytest.mark.parametrize("scheduler", ["linear_warmup_cosine_lr", "linear_warmup_step_lr", "glscl_warmup_linear"])
-def test_every_scheduler_keeps_the_fusion_layers_at_five_times_the_encoders_lr(lavis_glscl, tmp_path, scheduler):
-    runner = tiny_runner(tmp_path, f"run.lr_sched={scheduler}", "run.max_epoch=2", "run.iters_per_epoch=2",
-                         "run.warmup_steps=1", "run.lr_decay_rate=0.5")
+def test_every_scheduler_keeps_the_fusion_layers_at_five_times_the_encoders_lr(run_yaml, tmp_path, scheduler):
+    runner = tiny_runner(run_yaml(run={"lr_sched": scheduler, "max_epoch": 2, "iters_per_epoch": 2, "warmup_steps": 1,
+                                       "lr_decay_rate": 0.5}), tmp_path)
     runner.train()
     records = read_log_records(tmp_path, "train_step")
     assert len(records) == 4
@@ -101,9 +101,9 @@ def test_every_scheduler_keeps_the_fusion_layers_at_five_times_the_encoders_lr(l
     assert fusion == pytest.approx(5 * by_param[id(model.vision_transformer.conv1.weight)], rel=1e-9)
 
 
-def test_step_logs_carry_eta_time_data_time_and_peak_memory(lavis_glscl, tmp_path, caplog):
+def test_step_logs_carry_eta_time_data_time_and_peak_memory(run_yaml, tmp_path, caplog):
     with caplog.at_level("INFO"):
-        tiny_runner(tmp_path, "run.iters_per_epoch=2").train()
+        tiny_runner(run_yaml(run={"iters_per_epoch": 2}), tmp_path).train()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Train: epoch")]
     assert len(lines) == 2 and all(f" {part}: " in line for line in lines for part in ("eta", "time", "data", "max mem"))
     record = read_log_records(tmp_path, "train_step")[0]
@@ -135,10 +135,10 @@ def one_process_group(monkeypatch):
         dist.destroy_process_group()
 
 
-def test_ddp_synchronises_gradients_only_on_the_last_micro_step(lavis_glscl, tmp_path, one_process_group):
+def test_ddp_synchronises_gradients_only_on_the_last_micro_step(run_yaml, tmp_path, one_process_group):
     calls = {}
     for accum in (1, 4):
-        runner = tiny_runner(tmp_path / str(accum), "run.iters_per_epoch=8", f"run.accum_grad_iters={accum}")
+        runner = tiny_runner(run_yaml(run={"iters_per_epoch": 8, "accum_grad_iters": accum}), tmp_path / str(accum))
         reduces = []
         runner.model.register_comm_hook(state=None, hook=counting_hook(reduces))
         runner.train()
@@ -146,6 +146,7 @@ def test_ddp_synchronises_gradients_only_on_the_last_micro_step(lavis_glscl, tmp
     assert calls == {1: 8, 4: 2}
 
 
+@pytest.mark.slow
 def test_slurm_variables_start_a_two_process_run(lavis_glscl, tmp_path):
     port = str(free_port())
     processes = []

@@ -5,6 +5,7 @@ import pytest
 import torch
 from helpers import DETERMINISTIC, TINY_RUN, free_port, read_log_records, run_module, step_losses
 
+@pytest.mark.slow
 def test_train_module_runs_two_iterations_and_tests(tmp_path):
     result = run_module("lavis_glscl.train", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={tmp_path}"],
                         cwd=tmp_path)
@@ -18,6 +19,7 @@ def test_train_module_runs_two_iterations_and_tests(tmp_path):
     assert len(evaluation) == 1 and "agg_metrics" in evaluation[0].read_text()
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     common = DETERMINISTIC + ["run.iters_per_epoch=1", "model.mltc_image_gather=true"]
@@ -35,6 +37,7 @@ def test_torchrun_two_processes_match_one_process_with_the_same_global_batch(tmp
         assert observed[key] == pytest.approx(expected[key], abs=1e-4), key
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_at_epoch_end_and_mid_epoch(tmp_path):
     full = tmp_path / "full"
     options = ["run.max_epoch=2", "run.iters_per_epoch=3", "run.save_freq_iters=2", "run.test_splits=[]"]

@@ -1,6 +1,7 @@
 """Video through LAVIS's machinery: mixed image + video training, and LAVIS's own MSR-VTT builder."""
 from pathlib import Path
 
+import pytest
 from helpers import REPO, read_log_records, run_module
 
 from lavis_glscl.datasets import shapes
@@ -8,6 +9,7 @@ from lavis_glscl.datasets import shapes
 MIXED_RUN = REPO / "tests" / "configs" / "tiny_mixed_run.yaml"
 
 
+@pytest.mark.slow
 def test_mixed_image_and_video_training_keeps_batches_homogeneous_and_logs_each_modality(tmp_path):
     result = run_module("lavis_glscl.train", ["--cfg-path", str(MIXED_RUN), "--options", f"run.output_dir={tmp_path}"],
                         cwd=tmp_path)
@@ -21,6 +23,7 @@ def test_mixed_image_and_video_training_keeps_batches_homogeneous_and_logs_each_
     assert "pair_accuracy" in result.stdout and "txt_r1" in result.stdout
 
 
+@pytest.mark.slow
 def test_lavis_msrvtt_builder_with_local_files_works_with_glscl_retrieval(tmp_path):
     root = shapes.ensure_generated(tmp_path / "videos", kind="videos", num_train=8, num_test=6, image_size=32, seed=4)
     config = tmp_path / "msrvtt.yaml"

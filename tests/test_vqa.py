@@ -8,11 +8,10 @@ from helpers import read_log_records, run_module, tiny_vqa_yaml
 
 @pytest.fixture(scope="module")
 def easy_vqa_files(tmp_path_factory):
+    from lavis_glscl.datasets.cache import ensure_cached
     from lavis_glscl.datasets.vqa import write_easy_vqa
 
-    root = tmp_path_factory.mktemp("easyvqa") / "v1"
-    write_easy_vqa(root)
-    return root
+    return ensure_cached(tmp_path_factory.mktemp("easyvqa") / "v1", write_easy_vqa)
 
 
 def lavis_vqa_accuracy(root, answers_by_question):
@@ -47,7 +46,7 @@ def test_vqa_soft_targets_and_prediction(lavis_glscl):
 
     cfg = OmegaConf.merge(OmegaConf.load(GlsclVqa.default_config_path("tiny")).model,
                           {"arch": "glscl_vqa", "answer_list": "package:easy_vqa"})
-    model = GlsclVqa.from_config(cfg)
+    model = GlsclVqa.from_config(cfg).eval()  # dropout off: predictions are compared with logits
     targets = model.soft_targets(["yes", "no", "red", "purple"], torch.tensor([0.6, 0.4, 1.0, 1.0]),
                                  torch.tensor([2, 2]))
     assert targets[0, model.answer_index["yes"]] == pytest.approx(0.6)
@@ -62,6 +61,7 @@ def test_vqa_soft_targets_and_prediction(lavis_glscl):
         GlsclVqa.from_config(OmegaConf.merge(cfg, {"answer_list": None}))
 
 
+@pytest.mark.slow
 def test_glscl_vqa_trains_and_is_scored_by_lavis_vqa_task(tmp_path):
     config = tiny_vqa_yaml(tmp_path, tmp_path / "out")
     result = run_module("lavis_glscl.train", ["--cfg-path", str(config)], cwd=tmp_path)

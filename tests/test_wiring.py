@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import helpers
 from helpers import tiny_batch
 from omegaconf import OmegaConf
 from PIL import Image
@@ -30,23 +31,12 @@ ENCODER_PARAM = "vision_transformer.conv1.weight"
 
 
 def tiny_config(arch: str, **overrides):
-    from lavis.common.registry import registry
-
-    cfg = OmegaConf.load(registry.get_model_class(arch).default_config_path("tiny")).model
-    cfg.fusion.dropout = 0.0
-    cfg.text.config_overrides.hidden_dropout_prob = 0.0
-    cfg.text.config_overrides.attention_probs_dropout_prob = 0.0
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+    return helpers.tiny_config(arch, dropout=False, **overrides)
 
 
 def tiny(arch: str, **overrides):
     """The registered ``arch``'s tiny model, seeded, without dropout, ``overrides`` replacing whole config entries."""
-    from lavis.common.registry import registry
-
-    torch.manual_seed(0)
-    return registry.get_model_class(arch).from_config(tiny_config(arch, **overrides))
+    return helpers.tiny(arch, dropout=False, **overrides)
 
 
 def tiny_sizes():
@@ -412,7 +402,7 @@ def test_itm_random_negatives_half_the_rows_labelled_0_positives_1(lavis_glscl):
 
 def test_itm_hard_negatives_fuse_3b_rows_the_first_b_positive(lavis_glscl):
     model = tiny("glscl_retrieval")
-    assert model.itm_negatives == "hard"
+    assert model.config.itm_negatives == "hard"
     trace = Trace(model)
     batch_size = 6
     batch = tiny_batch(batch_size=batch_size, seed=6)

@@ -11,13 +11,12 @@ The pickles are read with :mod:`pickle`, which runs code a crafted file carries:
 Items that cannot be scored (a missing or unreadable image or pickle, a malformed record) are dropped when the
 dataset is built and counted in ``dataset.dropped``, as the other datasets of this package do.
 """
+import functools
 import hashlib
 import json
 import logging
 import os
 import pickle
-import shutil
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -32,6 +31,7 @@ from torch.utils.data import Dataset
 from lavis_glscl.align_bench.scoring import pixel_mask
 from lavis_glscl.datasets import shapes
 from lavis_glscl.datasets.builders import LocalFilesBuilder
+from lavis_glscl.datasets.cache import ensure_cached
 from lavis_glscl.datasets.datasets import LOAD_ERRORS, load_rgb
 from lavis_glscl.paths import cache_dir, config_path
 
@@ -151,10 +151,10 @@ def shapes_bench_dir(num_images: int = 200, image_size: int = 64, seed: int = 0,
 
 
 def write_shapes_bench(root: Path, num_images: int, image_size: int, seed: int) -> None:
-    """Write a mini ALIGN-BENCH in the released layout into the new directory ``root``: shapes scenes whose two
+    """Write a mini ALIGN-BENCH in the released layout into the empty directory ``root``: shapes scenes whose two
     objects are annotated under their noun phrases ("small red circle") with their exact boxes and pixel masks."""
     rng = np.random.RandomState(seed)
-    (root / "images").mkdir(parents=True)
+    (root / "images").mkdir()
     (root / "pkls").mkdir()
     for index in range(num_images):
         scene = shapes.random_scene(rng)
@@ -167,24 +167,11 @@ def write_shapes_bench(root: Path, num_images: int, image_size: int, seed: int) 
 
 
 def ensure_shapes_bench(root: Path, num_images: int = 200, image_size: int = 64, seed: int = 0) -> Path:
-    """Generate the mini bench into ``root`` unless it is there; a finished bench is renamed into place, so
-    concurrent callers never see half of one."""
-    if root.is_dir():
-        return root
+    """Generate the mini bench into ``root`` unless it is already complete there (:func:`ensure_cached`)."""
     if num_images < 1:
         raise ValueError("a shapes ALIGN-BENCH needs num_images >= 1")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-    try:
-        write_shapes_bench(staging / "bench", num_images, image_size, seed)
-        try:
-            os.rename(staging / "bench", root)
-        except OSError:
-            if not root.is_dir():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    return ensure_cached(root, functools.partial(write_shapes_bench, num_images=num_images, image_size=image_size,
+                                                 seed=seed))
 
 
 @registry.register_builder("align_bench")

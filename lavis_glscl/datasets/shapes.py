@@ -20,12 +20,10 @@ in pairs where one clip is the other played backwards: the same frames, opposite
 
     videos/{train,test}_NNNNN.mp4   train.json  test.json  test_hard_pairs.json  (same formats, key "video")
 """
+import functools
 import hashlib
 import json
-import os
 import pickle
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -34,6 +32,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lavis_glscl.datasets.cache import ensure_cached
 from lavis_glscl.paths import cache_dir
 
 GENERATOR_VERSION = 2
@@ -180,9 +179,9 @@ def _test_scenes(num_test: int, rng: np.random.RandomState) -> Tuple[List[Scene]
 
 
 def generate_images(root: Path, num_train: int, num_test: int, image_size: int, seed: int) -> None:
-    """Write a complete image set into the (new) directory ``root``."""
+    """Write a complete image set into the empty directory ``root``."""
     rng = np.random.RandomState(seed)
-    (root / "images").mkdir(parents=True)
+    (root / "images").mkdir()
     (root / "pkls").mkdir()
     train = []
     for index in range(num_train):
@@ -233,11 +232,11 @@ def write_clip(path: Path, frames: np.ndarray, fps: int = 8) -> None:
 
 def generate_videos(root: Path, num_train: int, num_test: int, image_size: int, seed: int,
                     min_frames: int = 8, max_frames: int = 16) -> None:
-    """Write a complete video set into the (new) directory ``root``.  Training clips come in consecutive
+    """Write a complete video set into the empty directory ``root``.  Training clips come in consecutive
     pairs, a clip and its time reversal, as the test pairs do (``train_batch_group_size: 2`` batches them
     together: each is the other's hardest negative)."""
     rng = np.random.RandomState(seed)
-    (root / "videos").mkdir(parents=True)
+    (root / "videos").mkdir()
     train = []
     for _ in range(num_train // 2):
         obj, direction = random_object(rng), rng.choice(list(DIRECTIONS))
@@ -282,20 +281,8 @@ def dataset_dir(kind: str = "images", num_train: int = 6000, num_test: int = 500
 
 def ensure_generated(root: Path, kind: str = "images", num_train: int = 6000, num_test: int = 500,
                      image_size: int = 64, seed: int = 0) -> Path:
-    """Generate the set into ``root`` unless it is already complete there; safe against concurrent callers."""
-    if (root / "test.json").is_file():
-        return root
+    """Generate the set into ``root`` unless it is already complete there (:func:`ensure_cached`)."""
     if num_test < 2 or num_train < 1:
         raise ValueError("a shapes set needs num_train >= 1 and num_test >= 2")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-    try:
-        GENERATORS[kind](staging / "set", num_train, num_test, image_size, seed)
-        try:
-            os.rename(staging / "set", root)
-        except OSError:
-            if not (root / "test.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return root
+    return ensure_cached(root, functools.partial(GENERATORS[kind], num_train=num_train, num_test=num_test,
+                                                 image_size=image_size, seed=seed))

@@ -12,6 +12,7 @@ from lavis.common.registry import registry
 from lavis.datasets.datasets.coco_vqa_datasets import COCOVQADataset, COCOVQAEvalDataset
 
 from lavis_glscl.datasets.builders import LocalFilesBuilder
+from lavis_glscl.datasets.cache import ensure_cached
 from lavis_glscl.paths import cache_dir, config_path
 
 EASY_VQA_VERSION = 1
@@ -33,11 +34,9 @@ def _coco_header(split: str) -> dict:
 
 
 def write_easy_vqa(root: Path) -> None:
-    """Convert the installed easy-vqa package into ``root`` (atomically)."""
+    """Convert the installed easy-vqa package into the empty directory ``root``."""
     import easy_vqa
 
-    staging = root.with_name(root.name + ".partial")
-    staging.mkdir(parents=True, exist_ok=True)
     train_questions, train_answers, train_images = easy_vqa.get_train_questions()
     train = [{"image": f"train/images/{image}.png", "question": question, "answer": [answer], "question_id": index}
              for index, (question, answer, image) in enumerate(zip(train_questions, train_answers, train_images))]
@@ -56,8 +55,7 @@ def write_easy_vqa(root: Path) -> None:
     files = {"train.json": train, "test.json": test, "answer_list.json": list(easy_vqa.get_answers()),
              "test_questions_coco.json": coco_questions, "test_annotations_coco.json": coco_annotations}
     for name, content in files.items():
-        (staging / name).write_text(json.dumps(content))
-    staging.rename(root)
+        (root / name).write_text(json.dumps(content))
 
 
 @registry.register_builder("easy_vqa")
@@ -77,6 +75,5 @@ class EasyVqaBuilder(VqaBuilder):
         self.root_storage_under(self.root, media_root=Path(easy_vqa.__file__).parent / "data")
 
     def _download_data(self):
-        if not (self.root / "test_annotations_coco.json").is_file():
-            write_easy_vqa(self.root)
+        ensure_cached(self.root, write_easy_vqa)
         super()._download_data()

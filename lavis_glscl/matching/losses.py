@@ -15,10 +15,22 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from lavis_glscl.matching._common import build_from, check_choice
-from lavis_glscl.models.objectives import norm_softmax_loss
+from lavis_glscl.matching._common import check_choice
 
 Negatives = Union[str, int]
+
+
+def norm_softmax_loss(sim: torch.Tensor, temperature) -> torch.Tensor:
+    """Symmetric InfoNCE of a square similarity matrix ``sim`` ``[N, N]`` with positives on the diagonal.
+
+    Returns the *sum* of the row-wise and the column-wise mean cross-entropies of ``sim / temperature``
+    (not their average), as GLSCL's released ``NormSoftmaxLoss`` does.
+    """
+    if sim.dim() != 2 or sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"norm_softmax_loss expects a square [N, N] matrix, got {tuple(sim.shape)}")
+    logits = sim / temperature
+    targets = torch.arange(sim.shape[0], device=sim.device)
+    return F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)
 
 
 def _positive_mask(sim: torch.Tensor, positives: Optional[torch.Tensor]) -> torch.Tensor:
@@ -133,7 +145,7 @@ def _multi_positive_cross_entropy(logits: torch.Tensor, positives: torch.Tensor)
 def info_nce_loss(sim: torch.Tensor, temperature, positives: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Symmetric InfoNCE (ITC) in the project's convention: row-wise mean plus column-wise mean.
 
-    Without ``positives`` this is :func:`lavis_glscl.models.objectives.norm_softmax_loss`.  With a
+    Without ``positives`` this is :func:`norm_softmax_loss`.  With a
     positives mask, each positive ``p`` of a query ``q`` is contrasted with the query's negatives only
     (the other positives are left out of its denominator), and the query's loss is the mean over its
     positives ``P(q)``; with ``l = sim / temperature`` and negatives ``N(q)``::
@@ -206,11 +218,3 @@ MATCHING_LOSSES = {
     "infonce": info_nce_loss,
     "unified": unified_pair_loss,
 }
-
-
-def build_loss(name: str, **options):
-    """The loss ``MATCHING_LOSSES[name]`` with ``options`` bound, called as ``loss(sim, positives=...)``.
-
-    Raises ``ValueError`` listing the known names for an unknown ``name``.
-    """
-    return build_from(MATCHING_LOSSES, "matching loss", name, options)

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from lavis_glscl.matching._common import build_from, check_choice
+from lavis_glscl.matching._common import check_choice
 
 
 def _normalised_tokens(tokens: torch.Tensor, mask: Optional[torch.Tensor],
@@ -204,12 +204,3 @@ SIMILARITY_HEADS = {
     "token_mean": token_mean_similarity,
     "tokenflow": tokenflow_similarity,
 }
-
-
-def build_similarity_head(name: str, **options):
-    """The head ``SIMILARITY_HEADS[name]`` with ``options`` bound, called as
-    ``head(image_tokens, text_tokens, image_mask, text_mask)``.
-
-    Raises ``ValueError`` listing the known names for an unknown ``name``.
-    """
-    return build_from(SIMILARITY_HEADS, "similarity head", name, options)

@@ -22,6 +22,7 @@ from lavis.models.vit import VisionTransformerEncoder
 from torch import nn
 
 from lavis_glscl.models import objectives
+from lavis_glscl.models.glscl.config import loss_weights_for
 from lavis_glscl.models.lavis_baselines import AlbefPretrainOffline
 from lavis_glscl.models.masking import keep_patch_indices, mgsc_text_mask
 from lavis_glscl.paths import config_path
@@ -54,7 +55,7 @@ class AlbefGlsclPretrain(AlbefPretrainOffline):
                  mgsc_text_mask_ratio: float = 0.4, completion_temperature: float = 0.03, **albef_options):
         """``albef_options``: those of ``albef_pretrain_offline`` (``vision``, ``med_config``, ``queue_size``, ...)."""
         super().__init__(**albef_options)
-        self.loss_weights = objectives.loss_weights_for(COMPLETION_OBJECTIVES, loss_weights)  # ALBEF's own always run
+        self.loss_weights = loss_weights_for(COMPLETION_OBJECTIVES, loss_weights)  # ALBEF's own always run
         self.mgsc_image_mask_ratio = mgsc_image_mask_ratio
         self.mgsc_text_mask_ratio = mgsc_text_mask_ratio
         self.completion_temperature = completion_temperature

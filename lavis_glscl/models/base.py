@@ -34,7 +34,7 @@ class ConfiguredModel(BaseModel):
         model_type = options.get("model_type")
         for key in LAVIS_ONLY_KEYS:
             options.pop(key, None)
-        model = cls(**options)
+        model = cls.build(options)
         model.freeze_unreached(model.reached_parameters())
         path = checkpoint["finetuned"] if checkpoint["load_finetuned"] else checkpoint["pretrained"]
         if path:
@@ -45,6 +45,11 @@ class ConfiguredModel(BaseModel):
                             "text.pretrained: true, or model.pretrained", cls.__name__,
                             " and ".join(model.random_towers))
         return model
+
+    @classmethod
+    def build(cls, options: dict) -> "ConfiguredModel":
+        """The model of a yaml ``model`` block's own options (LAVIS's keys removed)."""
+        return cls(**options)
 
     # Encoders that start from random weights ("vision", "text"); models that load pretrained towers narrow it.
     random_towers: Tuple[str, ...] = ()

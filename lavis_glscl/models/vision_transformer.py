@@ -59,6 +59,23 @@ class Transformer(nn.Module):
                                          for _ in range(layers)])
 
 
+def as_frames(visual: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` images → ``[B, 1, 3, H, W]``; ``[B, F, 3, H, W]`` videos unchanged."""
+    if visual.dim() == 4:
+        return visual.unsqueeze(1)
+    if visual.dim() == 5:
+        return visual
+    raise ValueError(f"expected images [B, 3, H, W] or videos [B, F, 3, H, W], got {tuple(visual.shape)}")
+
+
+def visual_input(samples: dict) -> torch.Tensor:
+    """A batch's pixels as ``[B, F, 3, H, W]``, from ``samples['image']`` or ``samples['video']``."""
+    for key in ("image", "video"):
+        if key in samples:
+            return as_frames(samples[key])
+    raise KeyError(f"samples need an 'image' or 'video' entry, got keys {sorted(samples)}")
+
+
 def frame_attention_mask(num_frames: int, tokens_per_frame: int, device=None) -> Optional[torch.Tensor]:
     """The video attention pattern on a frame-major sequence of ``num_frames * tokens_per_frame`` tokens
     (each frame: its CLS, then its patches).

@@ -1,4 +1,5 @@
-"""Post-hoc re-rankers on a query-by-gallery score matrix ``[Q, G]``, as pure functions.
+"""Score normalisers on a query-by-gallery score matrix ``[Q, G]``, as pure functions (applied by the retrieval
+task to whatever matrices a model returns; "re-rank" is reserved for cross-encoder re-scoring of a shortlist).
 
 Both normalisers fight hubness: a gallery item that scores high against many queries (a hub) is divided
 by its total affinity to a pool of queries, so it stops topping every ranking.  Rankings are read per
@@ -6,10 +7,8 @@ row (per query); values in different rows are not meant to be compared.
 """
 import torch
 
-from lavis_glscl.matching._common import build_from
 
-
-def no_rerank(scores: torch.Tensor) -> torch.Tensor:
+def identity(scores: torch.Tensor) -> torch.Tensor:
     """The raw ``scores`` ``[Q, G]``, unchanged."""
     return scores
 
@@ -43,7 +42,7 @@ def querybank_normalise(scores: torch.Tensor, querybank_scores: torch.Tensor, be
         k: how many top items of each querybank query count as retrieved (1 in the paper).
 
     Returns:
-        Re-ranked scores ``[Q, G]``.
+        Normalised scores ``[Q, G]``.
     """
     if scores.dim() != 2 or querybank_scores.dim() != 2 or scores.shape[1] != querybank_scores.shape[1]:
         raise ValueError(f"expected scores [Q, G] and querybank_scores [Qb, G] over the same gallery, got "
@@ -58,16 +57,8 @@ def querybank_normalise(scores: torch.Tensor, querybank_scores: torch.Tensor, be
     return torch.where(renormalised_rows[:, None], normalised, scores)
 
 
-RERANKERS = {
-    "none": no_rerank,
+SCORE_NORMALIZERS = {
+    "none": identity,
     "inverted_softmax": inverted_softmax,
     "qb_norm": querybank_normalise,
 }
-
-
-def build_reranker(name: str, **options):
-    """The re-ranker ``RERANKERS[name]`` with ``options`` bound, called as ``rerank(scores)``.
-
-    Raises ``ValueError`` listing the known names for an unknown ``name``.
-    """
-    return build_from(RERANKERS, "re-ranker", name, options)

@@ -1,0 +1,132 @@
+"""Typed options of the GLSCL family, read from the ``model`` block of a yaml.
+
+The yaml keeps the released recipe's flat names (``mgsc_image_mask_ratio``, ``loss_weights``, ...) and one block per
+tower (``vision``, ``text``, ``fusion``); :meth:`GlsclConfig.from_options` turns them into dataclasses and refuses
+unknown keys with the known ones listed, so a typo fails when the model is built.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
+
+OBJECTIVES = ("itc", "itm", "mlm", "mgsc", "mltc", "rank")
+ITM_NEGATIVES = ("random", "hard")
+
+
+def build_dataclass(cls, options: Optional[Mapping], where: str):
+    """``cls(**options)``, with an error naming ``where`` and the known fields for an unknown key."""
+    options = dict(options or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown {where} option(s) {unknown}; known: {sorted(known)}")
+    return cls(**options)
+
+
+def loss_weights_for(known: Sequence[str], given: Optional[Mapping[str, float]]) -> Dict[str, float]:
+    """Every objective in ``known`` with its weight from ``given`` (0 when absent); unknown names are refused."""
+    unknown = set(given or {}) - set(known)
+    if unknown:
+        raise ValueError(f"unknown loss_weights {sorted(unknown)}; known objectives: {list(known)}")
+    return {name: float((given or {}).get(name, 0.0)) for name in known}
+
+
+@dataclass
+class VisionConfig:
+    """The CLIP-style ViT (:class:`~lavis_glscl.models.vision_transformer.VisionTransformer` arguments)."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    max_frames: int = 8
+    mlp_ratio: float = 4.0
+    activation: str = "quick_gelu"
+
+
+@dataclass
+class VisionInit:
+    """CLIP vision weights loaded at construction: ``openai`` (a state dict or OpenAI's TorchScript file) or ``hf``
+    (a local ``CLIPVisionModel`` directory)."""
+
+    path: str
+    format: str = "openai"
+
+    def __post_init__(self):
+        if self.format not in ("openai", "hf"):
+            raise ValueError(f"vision_init.format must be 'openai' or 'hf', got {self.format!r}")
+
+
+@dataclass
+class TextConfig:
+    """The Hugging Face text encoder: a local model directory (or ``package:<module>``), its weights or only its
+    config (``pretrained``), config fields to override, and the tokenizer's truncation length."""
+
+    path: str
+    pretrained: bool = True
+    config_overrides: Dict[str, object] = field(default_factory=dict)
+    max_length: int = 50
+
+
+@dataclass
+class FusionConfig:
+    """The co-attention fusion: ``num_layers`` text-side and as many image-side layers of width ``hidden_size``."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    dropout: float = 0.1
+
+
+@dataclass
+class GlsclConfig:
+    """Everything a GLSCL model is built from.  Objective options follow the released code (see DEVELOPERS.md,
+    "The released code's open choices, as flags")."""
+
+    vision: VisionConfig
+    text: TextConfig
+    fusion: FusionConfig
+    vision_init: Optional[VisionInit] = None
+    embed_dim: int = 512
+    itc_temperature: float = 0.07
+    loss_weights: Dict[str, float] = field(default_factory=dict)
+    itm_negatives: str = "random"
+    mlm_probability: float = 0.15
+    mgsc_image_mask_ratio: float = 0.8
+    mgsc_text_mask_ratio: float = 0.4
+    mgsc_text_mask_with_replacement: bool = True
+    mgsc_temperature: float = 0.03
+    mltc_image_mask_ratio: float = 0.3
+    mltc_temperature: float = 0.03
+    mltc_image_gather: bool = False
+    mltc_on_video: bool = True
+    share_unimodal_passes: bool = True
+    mask_seed: int = 0
+    rank_negatives: int = 15
+    lr_scales: Dict[str, float] = field(default_factory=dict)
+    freeze: List[str] = field(default_factory=list)
+    answer_list: Optional[str] = None
+
+    def __post_init__(self):
+        self.loss_weights = loss_weights_for(OBJECTIVES, self.loss_weights)
+        if self.itm_negatives not in ITM_NEGATIVES:
+            raise ValueError(f"itm_negatives must be 'random' or 'hard', got {self.itm_negatives!r}")
+
+    @classmethod
+    def from_options(cls, options: Mapping) -> "GlsclConfig":
+        """The config of a yaml ``model`` block (LAVIS's own keys already removed)."""
+        options = dict(options)
+        towers = {
+            "vision": build_dataclass(VisionConfig, options.pop("vision", None), "vision"),
+            "text": build_dataclass(TextConfig, options.pop("text", None), "text"),
+            "fusion": build_dataclass(FusionConfig, options.pop("fusion", None), "fusion"),
+        }
+        vision_init = options.pop("vision_init", None)
+        if vision_init:
+            towers["vision_init"] = build_dataclass(VisionInit, vision_init, "vision_init")
+        return build_dataclass(cls, {**options, **towers}, "model")
+
+    @property
+    def active_objectives(self) -> List[str]:
+        return [name for name, weight in self.loss_weights.items() if weight]

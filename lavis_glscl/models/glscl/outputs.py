@@ -1,0 +1,48 @@
+"""What GLSCL models return, in LAVIS's output-dataclass style (``transformers.ModelOutput``: dict-indexable, ``None``
+entries left out of ``.items()``).  Shapes: images as ``F``-frame videos, ``K`` patches per frame, ``L`` text tokens,
+``D`` fusion width, ``E`` ITC embedding width."""
+from dataclasses import dataclass
+from typing import List, NamedTuple, Optional
+
+import torch
+from transformers.modeling_outputs import ModelOutput
+
+
+class FusionOutput(NamedTuple):
+    text_feats: torch.Tensor  # [B, L, D]
+    image_feats: torch.Tensor  # [B, F + F * K, D]
+    cls_feats: torch.Tensor  # [B, 2D]: pooled text, pooled image
+    text_to_image_attentions: Optional[List[torch.Tensor]]  # per layer [B, heads, L, F + F * K]
+
+
+@dataclass
+class GlsclIntermediateOutput(ModelOutput):
+    """The step's full-input passes: unimodal tokens after the bridges (``image_embeds`` ``[B, F + F * K, D]``,
+    ``text_embeds`` ``[B, L, D]``), ITC embeddings (``image_feat``, ``text_feat`` ``[B, E]``, not normalised), and the
+    ITM pass's fused CLS features (``cls_feats`` ``[P, 2D]``), logits ``[P, 2]`` and labels ``[P]``."""
+
+    image_embeds: Optional[torch.Tensor] = None
+    text_embeds: Optional[torch.Tensor] = None
+    image_feat: Optional[torch.Tensor] = None
+    text_feat: Optional[torch.Tensor] = None
+    cls_feats: Optional[torch.Tensor] = None
+    itm_logits: Optional[torch.Tensor] = None
+    itm_labels: Optional[torch.Tensor] = None
+
+
+@dataclass
+class GlsclOutput(ModelOutput):
+    """Total loss and each objective's unweighted loss (MGSC and MLTC split by modality; ``loss_rank`` the released
+    retrieval fine-tuning loss, ``loss_vqa`` the VQA classifier's), plus the intermediate outputs."""
+
+    loss: Optional[torch.Tensor] = None
+    loss_itc: Optional[torch.Tensor] = None
+    loss_itm: Optional[torch.Tensor] = None
+    loss_mlm: Optional[torch.Tensor] = None
+    loss_mgsc_image: Optional[torch.Tensor] = None
+    loss_mgsc_text: Optional[torch.Tensor] = None
+    loss_mltc_image: Optional[torch.Tensor] = None
+    loss_mltc_text: Optional[torch.Tensor] = None
+    loss_rank: Optional[torch.Tensor] = None
+    loss_vqa: Optional[torch.Tensor] = None
+    intermediate_output: Optional[GlsclIntermediateOutput] = None
