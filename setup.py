@@ -57,4 +57,6 @@ setup(
         "tqdm",
     ],
     extras_require={"easyvqa": ["easy-vqa"], "test": ["pytest", "scikit-video", "easy-vqa"]},
+    entry_points={"console_scripts": ["lavis-glscl-train = lavis_glscl.train:main",
+                                      "lavis-glscl-evaluate = lavis_glscl.evaluate:main"]},
 )
