@@ -21,6 +21,12 @@ BENCHMARKS = {
     "retrieval_eval": ([], ["--model-type", "tiny", "--sizes", "40", "80", "--all-pairs-size", "16"]),
     "scan_similarity": ([], ["--queries", "32", "--gallery", "64", "--naive-queries", "8", "--naive-gallery", "8"]),
     "video_decoding": ([], ["--size", "64"]),
+    "flops": ([], ["--check-type", "tiny", "--check-batch", "4"]),
+    "base_step": ([], ["--model-type", "tiny", "--matmul-size", "1024"]),
+    "scaling": ([], ["--measured-type", "tiny"]),  # after base_step, whose memory figures it extrapolates
+    "shard_loader": ([], ["--batches", "8"]),
+    "scale_run": ([], ["--pairs", "4000", "--steps", "100"]),
+    "shards_parity": ([], ["--map-seeds", "42", "--shard-seeds", "42", "--steps", "2"]),
 }
 
 

@@ -2,8 +2,21 @@
 
 Importing this package imports LAVIS, registers LAVIS's runners and LR schedulers (which ``import lavis``
 alone does not), then registers lavis_glscl's models, processors, dataset builders, runner and scheduler.
+
+Offline by default: unless the environment says otherwise, importing this package sets ``HF_HUB_OFFLINE=1`` and
+``TRANSFORMERS_OFFLINE=1`` before LAVIS imports transformers and huggingface_hub, which read them once, when first
+imported.  Every entry point (``python -m lavis_glscl.train``, the console scripts, ``run_lavis_script``) imports this
+package first, so the default holds there.  A user's own value of either variable decides both (as huggingface_hub
+reads them): ``HF_HUB_OFFLINE=0`` lets LAVIS's own models download from the hub.  Set in a process that had already
+imported transformers, they do not take effect.
 """
 import os
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "1"
+for _variable in OFFLINE_VARIABLES:
+    os.environ.setdefault(_variable, _offline)
+del _variable, _offline
 
 import lavis  # noqa: F401  (registers LAVIS's models, builders, processors, tasks)
 import lavis.common.optims  # noqa: F401  (LAVIS's LR schedulers)
@@ -11,7 +24,7 @@ import lavis.runners  # noqa: F401  (runner_base, runner_iter)
 from lavis.common.registry import registry
 
 from lavis_glscl import align_bench, optims, processors, runners, tasks  # noqa: F401
-from lavis_glscl.datasets import builders, vqa  # noqa: F401
+from lavis_glscl.datasets import builders, nlvr, vqa  # noqa: F401
 from lavis_glscl.models import albef_glscl, glscl, lavis_baselines, matching_dual_encoder  # noqa: F401
 from lavis_glscl.paths import cache_dir
 

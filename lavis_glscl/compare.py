@@ -1,12 +1,20 @@
-"""Side-by-side comparison of LAVIS runs: ``python -m lavis_glscl.compare --cfg-path <compare.yaml>``.
+"""Side-by-side comparison of LAVIS runs over seeds: ``python -m lavis_glscl.compare --cfg-path <compare.yaml>``.
 
 Every run trains and tests one registered model from the same base run yaml (same datasets, steps, batch,
-resolution), changed only by its ``options``; ``evaluations`` re-test a run's trained weights with other
-options (e.g. a re-ranker); ``tests`` are other run yamls (other tasks and data, e.g. ALIGN-BENCH) every trained
-run is also tested with (the trained model: its arch, type, ``model.*`` options and weights), their metrics joining
-the run's row where the run has no metric of that name.  Each row records its wall time (training and its own
-test, or test only).  Each metric is read from the ``evaluate.txt`` that LAVIS's own task evaluator wrote.  The
-table goes to stdout and, with a bar chart, to ``output_dir``.
+resolution), changed only by its ``options``, once per seed of ``seeds`` (``run.seed``, plus the run's
+``seed_options`` with ``{seed}`` filled in); ``plateau`` stops each training on a plateau rule instead of after a
+fixed step count (see :mod:`lavis_glscl.stopping`).  ``evaluations`` re-test a run's trained weights with other
+options (e.g. a score normaliser); ``tests`` are other run yamls (other tasks and data, e.g. ALIGN-BENCH) every
+trained run is also tested with, their metrics joining the run's where it has none of that name.  Every metric is
+read from the ``evaluate.txt`` that LAVIS's own task evaluator wrote.
+
+A row reports each metric's mean and sample standard deviation over its seeds (the per-seed values, steps and
+minutes in ``results.json``), the mean steps it trained and the mean minutes per seed (training and its tests, or
+the re-test alone).  A run naming a ``baseline`` row is compared with it seed by seed (the same seed sees the same
+data order): the mean paired difference, its standard deviation, and a two-sided paired t-test; the difference
+"exceeds the seeds' spread" when p < 0.05.  The table goes to stdout and ``results.md``; ``results.png`` holds the
+bars with standard-deviation error bars beside each row's training-loss curves.  A seed whose run directory holds
+a finished record for the same options is not trained again (an interrupted compare resumes where it stopped).
 
 Compare yaml::
 
@@ -14,27 +22,38 @@ Compare yaml::
       base: projects/glscl/demo/pretrain_shapes.yaml     # run yaml shared by all runs
       output_dir: output/compare/shapes
       metrics: [txt_r1, txt_r5, img_r1, img_r5]
-      options: [run.iters_per_epoch=40]                   # applied to every run
+      seeds: [0, 1, 2]                                    # optional; default: the base yaml's own seed, once
+      plateau: {metric: train_loss, window: 3, min_delta: 0.02, relative: true}  # optional
+      options: [run.max_epoch=20, run.iters_per_epoch=10]  # applied to every run
       tests: [projects/glscl/demo/align_bench_shapes.yaml]  # optional
       runs:
         - name: GLSCL
           options: []
+          seed_options: ["model.mask_seed={seed}"]
           evaluations:
             - name: GLSCL + inverted softmax
-              options: [run.score_normalizer=inverted_softmax]
+              options: [run.task=glscl_retrieval, run.score_normalizer=inverted_softmax]
+        - name: GLSCL without MGSC and MLTC
+          options: [model.loss_weights.mgsc=0, model.loss_weights.mltc=0]
+          baseline: GLSCL
 """
 import argparse
 import json
 import re
+import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+import numpy as np
 from omegaconf import OmegaConf
 
 from lavis_glscl.paths import run_config_path
+
+P_THRESHOLD = 0.05
+RECORD_FILE = "compare_record.json"  # a finished seed of a row: its metrics, steps, minutes and options
 
 
 def slug(name: str) -> str:
@@ -53,6 +72,15 @@ def read_metrics(output_dir: Path) -> Dict[str, float]:
     return metrics
 
 
+def read_steps(output_dir: Path) -> Optional[int]:
+    """How many steps the run under ``output_dir`` trained (``runner_glscl``'s ``run`` record), if it says."""
+    for log in sorted(output_dir.rglob("log.txt")):
+        for line in reversed(log.read_text().splitlines()):
+            if line.startswith("{") and '"run_steps"' in line:
+                return int(json.loads(line)["run_steps"])
+    return None
+
+
 def last_checkpoint(output_dir: Path) -> Path:
     candidates = sorted(output_dir.rglob("checkpoint_*.pth"), key=lambda p: p.stat().st_mtime)
     if not candidates:
@@ -69,89 +97,205 @@ def trained_model_options(base: str, options: List[str]) -> List[str]:
     return named + [option for option in options if option.startswith("model.")]
 
 
-def _run(module: str, cfg_path: str, options: List[str], log: Path) -> float:
-    """Run ``python -m module`` on ``cfg_path`` with ``options``; returns its wall time in minutes."""
-    start = time.perf_counter()
+def plateau_options(plateau) -> List[str]:
+    return [f"run.plateau.{key}={value}" for key, value in (plateau or {}).items()]
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(module: str, cfg_path: str, options: List[str], log: Path) -> np.ndarray:
+    """Run ``python -m module`` on ``cfg_path`` with ``options``; returns its [wall, CPU] minutes (on a shared
+    machine the CPU time is the figure other jobs do not inflate)."""
+    start, cpu_start = time.perf_counter(), children_cpu_seconds()
     with open(log, "w") as handle:
         result = subprocess.run([sys.executable, "-m", module, "--cfg-path", cfg_path, "--options", *options],
                                 stdout=handle, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise RuntimeError(f"{module} failed (exit {result.returncode}); see {log}")
-    return (time.perf_counter() - start) / 60
+    return np.array([time.perf_counter() - start, children_cpu_seconds() - cpu_start]) / 60
+
+
+def summarise(name: str, per_seed: List[dict]) -> dict:
+    """A row: each metric's mean and sample standard deviation over the seeds that report it, mean steps and
+    minutes, and the per-seed records themselves."""
+    names = sorted({metric for record in per_seed for metric in record["metrics"]})
+    values = {metric: [r["metrics"][metric] for r in per_seed if metric in r["metrics"]] for metric in names}
+    steps = [r["steps"] for r in per_seed if r.get("steps") is not None]
+    return {"name": name, "seeds": [r["seed"] for r in per_seed], "per_seed": per_seed,
+            "metrics": {m: float(np.mean(v)) for m, v in values.items()},
+            "std": {m: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for m, v in values.items()},
+            "steps": float(np.mean(steps)) if steps else None,
+            "minutes": float(np.mean([r["minutes"] for r in per_seed])),
+            "cpu_minutes": float(np.mean([r["cpu_minutes"] for r in per_seed]))}
+
+
+def paired_difference(row: dict, baseline: dict, metric: str) -> Optional[dict]:
+    """``row`` minus ``baseline`` on ``metric``, paired by seed: mean and standard deviation of the differences, the
+    two-sided paired t-test's p, and whether it is below ``P_THRESHOLD``; None without two shared seeds."""
+    from scipy import stats
+
+    ours = {r["seed"]: r["metrics"].get(metric) for r in row["per_seed"]}
+    theirs = {r["seed"]: r["metrics"].get(metric) for r in baseline["per_seed"]}
+    seeds = [s for s in ours if s in theirs and ours[s] is not None and theirs[s] is not None]
+    if len(seeds) < 2:
+        return None
+    differences = np.array([ours[s] - theirs[s] for s in seeds])
+    spread = float(np.std(differences, ddof=1))
+    if spread == 0.0:  # identical differences: the t statistic is infinite unless they are all zero
+        p_value = 1.0 if differences[0] == 0 else 0.0
+    else:
+        p_value = float(stats.ttest_rel([ours[s] for s in seeds], [theirs[s] for s in seeds]).pvalue)
+    return {"difference": float(differences.mean()), "sd": spread, "p": p_value, "seeds": len(seeds),
+            "exceeds_spread": p_value < P_THRESHOLD}
+
+
+def cell(row: dict, metric: str) -> str:
+    if metric not in row["metrics"]:
+        return ""
+    mean, spread = row["metrics"][metric], row["std"].get(metric, 0.0)
+    return f"{mean:.1f} ± {spread:.1f}" if len(row["per_seed"]) > 1 else f"{mean:.1f}"
 
 
 def markdown_table(rows: List[dict], metrics: List[str]) -> str:
-    """One row per run: its metrics, then its wall time in minutes where the row has one."""
-    timed = any("minutes" in row for row in rows)
-    lines = ["| run | " + " | ".join(metrics) + (" | minutes |" if timed else " |"),
-             "|---|" + "---|" * (len(metrics) + timed)]
+    """One row per run: mean ± standard deviation of each metric over its seeds, steps trained, wall and CPU minutes
+    per seed."""
+    lines = ["| run | seeds | " + " | ".join(metrics) + " | steps | minutes | CPU minutes |",
+             "|---|" + "---|" * (len(metrics) + 4)]
     for row in rows:
-        cells = [f"{row['metrics'].get(m, float('nan')):.1f}" for m in metrics]
-        if timed:
-            cells.append(f"{row['minutes']:.1f}" if "minutes" in row else "")
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+        steps = f"{row['steps']:.0f}" if row.get("steps") is not None else ""
+        lines.append(f"| {row['name']} | {len(row['per_seed'])} | " + " | ".join(cell(row, m) for m in metrics)
+                     + f" | {steps} | {row['minutes']:.1f} | {row['cpu_minutes']:.1f} |")
     return "\n".join(lines)
 
 
-def bar_chart(rows: List[dict], metrics: List[str], path: Path) -> None:
-    import matplotlib
+def paired_table(rows: List[dict], metrics: List[str]) -> str:
+    """Each run with a baseline: its paired difference per metric (mean ± sd over seeds, p), ``*`` where the
+    difference exceeds the seeds' spread."""
+    lines = ["| run - baseline | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    for row in rows:
+        if not row.get("paired"):
+            continue
+        cells = []
+        for metric in metrics:
+            test = row["paired"].get(metric)
+            cells.append("" if test is None else f"{test['difference']:+.1f} ± {test['sd']:.1f} (p {test['p']:.2f})"
+                                                 + (" *" if test["exceeds_spread"] else ""))
+        lines.append(f"| {row['name']} - {row['baseline']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def figure(rows: List[dict], metrics: List[str], path: Path) -> None:
+    """Bars (mean, standard-deviation error bars) beside each row's training-loss curves, one line per seed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from lavis_glscl.tools.plot_log import find_logs, read_run
+
+    canvas_figure = Figure(figsize=(max(10, 2.2 * len(metrics) + 0.5 * len(rows) + 6), 4.5))
+    bars, curves = canvas_figure.subplots(1, 2, gridspec_kw={"width_ratios": [max(2, len(metrics)), 3]})
     width = 0.8 / max(1, len(rows))
-    figure, axes = plt.subplots(figsize=(max(6, 1.6 * len(metrics) + 0.4 * len(rows)), 4))
-    for index, row in enumerate(rows):
+    colors = [f"C{index % 10}" for index in range(len(rows))]
+    for index, (row, color) in enumerate(zip(rows, colors)):
         positions = [m + index * width for m in range(len(metrics))]
-        axes.bar(positions, [row["metrics"].get(m, 0.0) for m in metrics], width, label=row["name"])
-    axes.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics)
-    axes.set_ylabel("%")
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+        bars.bar(positions, [row["metrics"].get(m, 0.0) for m in metrics], width, label=row["name"], color=color,
+                 yerr=[row["std"].get(m, 0.0) for m in metrics], capsize=3)
+        for record in row["per_seed"]:
+            for log in find_logs([record["output_dir"]]) if record.get("output_dir") else []:
+                steps, values = read_run(log, row["name"]).losses.get("loss", ([], []))
+                curves.plot(steps, values, color=color, linewidth=0.8, alpha=0.8)
+    bars.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics)
+    bars.set_ylabel("% (mean ± std over seeds)")
+    bars.legend(fontsize="small")
+    curves.set_xlabel("step")
+    curves.set_ylabel("training loss (one line per seed)")
+    canvas_figure.tight_layout()
+    FigureCanvasAgg(canvas_figure).print_png(str(path))
+
+
+def finished_record(run_dir: Path, options: List[str]) -> Optional[dict]:
+    """The record a finished run with exactly these ``options`` left in ``run_dir``, so that a compare interrupted
+    after hours resumes at the first unfinished seed; None when there is none or it was trained otherwise."""
+    path = run_dir / RECORD_FILE
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("options") == options else None
+
+
+def train_and_test(base: str, tests: List[str], options: List[str], run_dir: Path, seed: Optional[int]) -> dict:
+    """Train one seed of a row from ``base`` and test it with the row's evaluator and every yaml of ``tests``."""
+    log_name = run_dir.name
+    minutes = _run("lavis_glscl.train", base, options + [f"run.output_dir={run_dir}"],
+                   run_dir.parent / f"{log_name}.log")
+    metrics = read_metrics(run_dir)
+    for test in tests:
+        test_dir = run_dir.parent / f"{log_name}_{slug(Path(test).stem)}"
+        minutes += _run("lavis_glscl.evaluate", run_config_path(test), trained_model_options(base, options) + [
+            f"run.output_dir={test_dir}", "model.load_finetuned=true",
+            f"model.finetuned={last_checkpoint(run_dir)}"], test_dir.with_suffix(".log"))
+        metrics = {**read_metrics(test_dir), **metrics}
+    return {"seed": seed, "metrics": metrics, "minutes": float(minutes[0]), "cpu_minutes": float(minutes[1]),
+            "steps": read_steps(run_dir), "output_dir": str(run_dir), "options": options}
+
+
+def seed_run_options(cfg, run, seed: Optional[int]) -> List[str]:
+    options = list(cfg.get("options") or []) + plateau_options(cfg.get("plateau")) + list(run.get("options") or [])
+    if seed is None:
+        return options
+    return options + [f"run.seed={seed}"] + [option.format(seed=seed) for option in run.get("seed_options") or []]
 
 
 def compare(cfg) -> List[dict]:
     base = run_config_path(cfg.base)
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    shared = list(cfg.get("options") or [])
+    seeds = list(cfg.get("seeds") or [None])
     rows = []
     for run in cfg.runs:
-        run_dir = output_dir / slug(run.name)
-        minutes = _run("lavis_glscl.train", base, shared + list(run.get("options") or []) + [f"run.output_dir={run_dir}"],
-                       output_dir / f"{slug(run.name)}.log")
-        metrics = read_metrics(run_dir)
-        model_options = trained_model_options(base, shared + list(run.get("options") or []))
-        for test in cfg.get("tests") or []:
-            test_dir = output_dir / f"{slug(run.name)}_{slug(Path(test).stem)}"
-            _run("lavis_glscl.evaluate", run_config_path(test), model_options + [
-                f"run.output_dir={test_dir}", "model.load_finetuned=true", f"model.finetuned={last_checkpoint(run_dir)}"],
-                 test_dir.with_suffix(".log"))
-            metrics = {**read_metrics(test_dir), **metrics}
-        rows.append({"name": run.name, "metrics": metrics, "minutes": minutes})
-        print(f"{run.name}: {rows[-1]['metrics']}", flush=True)
-        for evaluation in run.get("evaluations") or []:
-            eval_dir = output_dir / slug(evaluation.name)
-            options = shared + list(run.get("options") or []) + list(evaluation.get("options") or []) + [
-                f"run.output_dir={eval_dir}", "run.evaluate=true", "model.load_finetuned=true",
-                f"model.finetuned={last_checkpoint(run_dir)}"]
-            minutes = _run("lavis_glscl.evaluate", base, options, output_dir / f"{slug(evaluation.name)}.log")
-            rows.append({"name": evaluation.name, "metrics": read_metrics(eval_dir), "minutes": minutes})
-            print(f"{evaluation.name}: {rows[-1]['metrics']}", flush=True)
+        trained, evaluated = [], {evaluation.name: [] for evaluation in run.get("evaluations") or []}
+        for seed in seeds:
+            suffix = "" if seed is None else f"_seed{seed}"
+            run_dir = output_dir / f"{slug(run.name)}{suffix}"
+            options = seed_run_options(cfg, run, seed)
+            record = finished_record(run_dir, options)
+            if record is None:
+                record = train_and_test(base, cfg.get("tests") or [], options, run_dir, seed)
+                (run_dir / RECORD_FILE).write_text(json.dumps(record, indent=2))
+            else:
+                print(f"{run.name}{suffix}: reusing the finished run in {run_dir}", flush=True)
+            trained.append(record)
+            print(f"{run.name}{suffix}: {record['metrics']}", flush=True)
+            for evaluation in run.get("evaluations") or []:
+                eval_dir = output_dir / f"{slug(evaluation.name)}{suffix}"
+                eval_minutes = _run("lavis_glscl.evaluate", base, options + list(evaluation.get("options") or []) + [
+                    f"run.output_dir={eval_dir}", "run.evaluate=true", "model.load_finetuned=true",
+                    f"model.finetuned={last_checkpoint(run_dir)}"], output_dir / f"{slug(evaluation.name)}{suffix}.log")
+                evaluated[evaluation.name].append({"seed": seed, "metrics": read_metrics(eval_dir),
+                                                   "minutes": float(eval_minutes[0]),
+                                                   "cpu_minutes": float(eval_minutes[1])})
+        rows.append({**summarise(run.name, trained), "baseline": run.get("baseline")})
+        rows += [summarise(name, records) for name, records in evaluated.items()]
     metrics = list(cfg.metrics)
-    table = markdown_table(rows, metrics)
+    by_name = {row["name"]: row for row in rows}
+    for row in rows:
+        if row.get("baseline"):
+            if row["baseline"] not in by_name:
+                raise KeyError(f"run {row['name']!r}: baseline {row['baseline']!r} is not a row; rows: {list(by_name)}")
+            row["paired"] = {m: paired_difference(row, by_name[row["baseline"]], m) for m in metrics}
+    table = "\n\n".join(part for part in (markdown_table(rows, metrics), paired_table(rows, metrics)) if part)
     (output_dir / "results.md").write_text(table + "\n")
     (output_dir / "results.json").write_text(json.dumps(rows, indent=2))
-    bar_chart(rows, metrics, output_dir / "results.png")
+    figure(rows, metrics, output_dir / "results.png")
     print(table)
     print(f"written {output_dir / 'results.md'}, results.json, results.png")
     return rows
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Train and evaluate several LAVIS runs and tabulate their metrics.")
+    parser = argparse.ArgumentParser(description="Train and evaluate several LAVIS runs over seeds and tabulate them.")
     parser.add_argument("--cfg-path", "--cfg", dest="cfg_path", required=True)
     parser.add_argument("--options", nargs="+", default=[], help="override compare.* keys, as key=value")
     args = parser.parse_args(argv)

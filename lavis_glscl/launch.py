@@ -6,7 +6,6 @@ plus ``--cfg`` as an alias.  Works as one plain process and under ``torchrun`` (
 import argparse
 import datetime
 import logging
-import os
 import random
 from typing import List, Optional
 
@@ -132,8 +131,6 @@ def new_job_id() -> str:
 
 def setup(args: argparse.Namespace) -> GlsclConfig:
     """Check names, build the config, start the process group if launched by torchrun, seed, log."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     args.cfg_path = run_config_path(args.cfg_path)
     check_required_values(args.cfg_path, args.options)
     check_task_options(args.cfg_path, args.options)

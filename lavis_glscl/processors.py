@@ -7,7 +7,8 @@ RandomResizedCrop (scale 0.8-1.0, bicubic) and a horizontal flip, as GLSCL pre-t
 Video processors take a file path and always return exactly ``n_frms`` frames ``[F, 3, S, S]`` (LAVIS's
 ALPRO processors return fewer for short clips and odd counts): training draws one random frame from each
 of F equal segments, evaluation takes each segment's middle frame; a short clip repeats frames.  Frames are
-resized while decoding; crop and flip are the same for every frame.
+resized while decoding; crop and flip are the same for every frame.  ``layout: cthw`` returns ``[3, F, S, S]``
+instead, the layout of LAVIS's ALPRO processors and its TimeSformer (``alpro_retrieval_offline``).
 """
 import logging
 import random
@@ -133,22 +134,30 @@ class GlsclCaptionProcessor(BlipCaptionProcessor):
     """
 
 
+VIDEO_LAYOUTS = ("tchw", "cthw")
+
+
 class GlsclVideoProcessor(BlipImageBaseProcessor):
-    """Video path → ``[n_frms, 3, S, S]`` CLIP-normalised frames (see the module docstring)."""
+    """Video path → ``[n_frms, 3, S, S]`` CLIP-normalised frames, ``[3, n_frms, S, S]`` with ``layout="cthw"``
+    (see the module docstring)."""
 
     sampling = "middle"
 
-    def __init__(self, image_size=224, n_frms=4, mean=None, std=None, frame_transform=None):
+    def __init__(self, image_size=224, n_frms=4, mean=None, std=None, frame_transform=None, layout="tchw"):
         super().__init__(mean=mean, std=std)
+        if layout not in VIDEO_LAYOUTS:
+            raise ValueError(f"video layout must be one of {VIDEO_LAYOUTS}, got {layout!r}")
         self.image_size = image_size
         self.n_frms = n_frms
         self.frame_transform = frame_transform
+        self.layout = layout
 
     def __call__(self, path: str) -> torch.Tensor:
         frames = read_video(path, self.n_frms, self.image_size, self.sampling).permute(0, 3, 1, 2).float() / 255.0
         if self.frame_transform is not None:
             frames = self.frame_transform(frames)  # one crop and one flip for all frames of [F, 3, H, W]
-        return self.normalize(frames)
+        frames = self.normalize(frames)
+        return frames.transpose(0, 1) if self.layout == "cthw" else frames
 
 
 @registry.register_processor("glscl_video_train")
@@ -157,19 +166,21 @@ class GlsclVideoTrainProcessor(GlsclVideoProcessor):
 
     sampling = "random"
 
-    def __init__(self, image_size=224, n_frms=4, min_scale=0.8, max_scale=1.0, hflip_prob=0.5, mean=None, std=None):
+    def __init__(self, image_size=224, n_frms=4, min_scale=0.8, max_scale=1.0, hflip_prob=0.5, mean=None, std=None,
+                 layout="tchw"):
         super().__init__(image_size, n_frms, mean, std, transforms.Compose([
             transforms.RandomResizedCrop(image_size, scale=(min_scale, max_scale),
                                          interpolation=InterpolationMode.BICUBIC, antialias=True),
             transforms.RandomHorizontalFlip(p=hflip_prob),
-        ]))
+        ]), layout)
 
     @classmethod
     def from_config(cls, cfg=None):
         cfg = cfg if cfg is not None else OmegaConf.create()
         return cls(image_size=cfg.get("image_size", 224), n_frms=cfg.get("n_frms", 4),
                    min_scale=cfg.get("min_scale", 0.8), max_scale=cfg.get("max_scale", 1.0),
-                   hflip_prob=cfg.get("hflip_prob", 0.5), mean=cfg.get("mean", None), std=cfg.get("std", None))
+                   hflip_prob=cfg.get("hflip_prob", 0.5), mean=cfg.get("mean", None), std=cfg.get("std", None),
+                   layout=cfg.get("layout", "tchw"))
 
 
 @registry.register_processor("glscl_video_eval")
@@ -180,4 +191,4 @@ class GlsclVideoEvalProcessor(GlsclVideoProcessor):
     def from_config(cls, cfg=None):
         cfg = cfg if cfg is not None else OmegaConf.create()
         return cls(image_size=cfg.get("image_size", 224), n_frms=cfg.get("n_frms", 4), mean=cfg.get("mean", None),
-                   std=cfg.get("std", None))
+                   std=cfg.get("std", None), layout=cfg.get("layout", "tchw"))

@@ -7,11 +7,10 @@ know the names registered by the modules they import; GLSCL's models, builders, 
 scheduler exist once ``lavis_glscl`` is imported.  This shim imports it, then runs the script unchanged as
 ``__main__``: ``sys.argv`` is the script and its arguments, and the script's directory comes first on
 ``sys.path``, as ``python <script>`` would have it.  Nothing is written into LAVIS's package and no start-up
-hook is installed; the registrations live in this process only.  ``HF_HUB_OFFLINE=1`` and
-``TRANSFORMERS_OFFLINE=1`` are set unless already set, as ``lavis_glscl.train`` does; transformers and
-huggingface_hub read them when first imported, which ``python -m lavis_glscl.<module>`` does before any of the
-module's code runs, so in this process they reach only later readers and the processes the script starts: export
-them before the command for a process that never tries the hub.
+hook is installed; the registrations live in this process only.  Like every lavis_glscl entry point it runs
+offline unless the environment says otherwise: ``import lavis_glscl`` sets ``HF_HUB_OFFLINE=1`` and
+``TRANSFORMERS_OFFLINE=1`` before transformers and huggingface_hub are first imported (they read them then), and
+the script inherits them; ``HF_HUB_OFFLINE=0`` allows LAVIS's own hub downloads.
 
 Limits, all LAVIS's own behaviour that the shim leaves as it is:
 

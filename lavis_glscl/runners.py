@@ -5,8 +5,9 @@ Differences from ``RunnerBase`` (LAVIS 1.0.2):
 - the model property always moves/wraps the model (LAVIS leaves ``runner.model`` as None on CPU), and
   DDP works on CPU (gloo) as well as CUDA;
 - plain ``DataLoader``s (LAVIS's ``PrefetchLoader`` needs CUDA); training batches come from
-  :class:`~lavis_glscl.datasets.loaders.TrainBatches`, so ``train_dataset_ratios`` really mixes datasets
-  and global batches do not depend on the world size;
+  :class:`~lavis_glscl.datasets.loaders.TrainBatches`, so ``train_dataset_ratios`` (weights, or ``proportional``)
+  really mixes datasets, map-style ones and shards streamed by :mod:`~lavis_glscl.datasets.shards` alike, and
+  map-style global batches do not depend on the world size;
 - AdamW groups carry ``lr_scale`` (``model.get_optimizer_params``) and the scheduler gets
   ``iters_per_epoch``, so step-level schedules such as ``glscl_warmup_linear`` work;
 - every ``loss*`` entry of the model output is logged; a step whose loss is NaN/inf on any rank is
@@ -47,6 +48,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lavis_glscl import distributed
 from lavis_glscl.datasets.loaders import TrainBatches
 from lavis_glscl.optims import GroupScaledScheduler, default_param_groups
+from lavis_glscl.stopping import PlateauRule
 
 
 def rng_state() -> dict:
@@ -122,6 +124,7 @@ class RunnerGlscl(RunnerBase):
             raise ValueError(f"run.save_freq_iters ({save_freq}) must be a multiple of run.accum_grad_iters "
                              f"({self.accum_grad_iters}): a mid-epoch checkpoint would drop accumulated gradients")
         self.best = {"agg_metrics": 0.0, "epoch": 0, "saved": False}
+        self.plateau = PlateauRule.from_config(cfg.run_cfg.get("plateau", None))
         self.test_results = None
 
     # ------------------------------------------------------------------ setup
@@ -230,34 +233,61 @@ class RunnerGlscl(RunnerBase):
         start_epoch, start_iter = 0, 0
         if not self.evaluate_only and self.resume_ckpt_path:
             start_epoch, start_iter = self._load_checkpoint(self.resume_ckpt_path)
-        last_epoch = start_epoch
+        last_epoch, steps, plateau_reached = start_epoch, 0, False
         for epoch in range(start_epoch, self.max_epoch):
             last_epoch = epoch
+            checks = {}
             if not self.evaluate_only:
-                self.log_stats(self.train_epoch(epoch, start_iter), "train")
+                train_stats = self.train_epoch(epoch, start_iter)
+                self.log_stats(train_stats, "train")
+                checks.update({f"train_{key}": value for key, value in train_stats.items()})
+                steps += len(self.train_loader) - start_iter
                 start_iter = 0
             for split_name in self.valid_splits:
-                self._validate(split_name, epoch)
+                checks.update({f"{split_name}_{key}": value
+                               for key, value in (self._validate(split_name, epoch) or {}).items()})
+            plateau_reached = not self.evaluate_only and self._plateau_reached(checks)
             if not self.evaluate_only:
                 self._save_checkpoint(epoch)
-            if self.evaluate_only:
+            if self.evaluate_only or plateau_reached:
                 break
             distributed.barrier()
+        if not self.evaluate_only:
+            self.log_stats({"steps": steps, "epochs": last_epoch + 1, "plateau_reached": plateau_reached}, "run")
         self.test_results = self.evaluate(cur_epoch="best" if self.best["saved"] else last_epoch,
                                           skip_reload=self.evaluate_only)
         logging.info("Training time %s", datetime.timedelta(seconds=int(time.time() - start_time)))
 
-    def _validate(self, split_name: str, epoch: int) -> None:
+    def _plateau_reached(self, checks: Dict[str, float]) -> bool:
+        """Feed this epoch's value of ``run.plateau``'s metric to the rule (decided on rank 0, which alone holds
+        validation metrics) and say whether the run stops here."""
+        if self.plateau is None:
+            return False
+        reached = False
+        if is_main_process():
+            if self.plateau.metric not in checks:
+                raise KeyError(f"run.plateau.metric {self.plateau.metric!r} is not among this epoch's values "
+                               f"{sorted(checks)}")
+            reached = self.plateau.update(checks[self.plateau.metric])
+            if reached:
+                logging.info("plateau: %s %s over the last %d checks; stopping after epoch %d", self.plateau.metric,
+                             self.plateau.history, self.plateau.window, len(self.plateau.history) - 1)
+        return bool(distributed.broadcast_object(reached))
+
+    def _validate(self, split_name: str, epoch: int) -> Optional[dict]:
+        """Evaluate ``split_name``; keep the best checkpoint by ``agg_metrics`` on ``val``.  Returns the metrics
+        (rank 0; None elsewhere)."""
         logging.info("Evaluating on %s.", split_name)
         val_log = self.eval_epoch(split_name=split_name, cur_epoch=epoch)
         if val_log is None or not is_main_process():
-            return
+            return None
         if "agg_metrics" not in val_log:
             raise KeyError(f"the task's evaluation of {split_name!r} returned no 'agg_metrics'")
         if val_log["agg_metrics"] > self.best["agg_metrics"] and split_name == "val":
             self.best.update(agg_metrics=val_log["agg_metrics"], epoch=epoch, saved=True)
             self._save_checkpoint(epoch, is_best=True)
         self.log_stats({**val_log, "best_epoch": self.best["epoch"]}, split_name)
+        return val_log
 
     def train_epoch(self, epoch: int, start_iter: int = 0) -> Dict[str, float]:
         """One epoch (from ``start_iter`` when resuming); returns the epoch's mean losses and skip counts."""
@@ -443,6 +473,8 @@ class RunnerGlscl(RunnerBase):
             "iteration": iteration,
             "rng": rng_states,
             "best": dict(self.best),
+            "data_layout": self.train_loader.layout,  # what sharded data needs to resume mid-epoch
+            "plateau_history": list(self.plateau.history) if self.plateau else None,
         }
         name = "best" if is_best else ("latest" if iteration is not None else cur_epoch)
         path = self.output_dir / f"checkpoint_{name}.pth"
@@ -474,6 +506,8 @@ class RunnerGlscl(RunnerBase):
         if self.scaler is not None and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.best.update(checkpoint.get("best", {}))
+        if self.plateau is not None:
+            self.plateau.history = list(checkpoint.get("plateau_history") or [])
         rank, world_size = distributed.world()
         states = checkpoint.get("rng") or []
         if len(states) == world_size:
@@ -482,6 +516,8 @@ class RunnerGlscl(RunnerBase):
             logging.warning("checkpoint holds RNG states of %d ranks, running on %d: RNG not restored", len(states),
                             world_size)
         iteration = checkpoint.get("iteration")
+        if iteration is not None:
+            self.train_loader.check_resumable(checkpoint.get("data_layout"))
         epoch = int(checkpoint["epoch"])
         logging.info("Resumed from %s (epoch %d, %s)", url_or_filename, epoch,
                      "end of epoch" if iteration is None else f"iteration {iteration}")

@@ -3,6 +3,10 @@ import os
 
 import pytest
 
+# OpenMP threads that spin while waiting burn the CPU whenever processes share the cores (the subprocess and
+# torchrun tests): a waiting thread sleeps instead.  Set before torch is imported, inherited by every subprocess.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from torch import nn
 from helpers import TINY_RUN
 
 from lavis_glscl import launch, paths
@@ -41,8 +42,8 @@ def test_unknown_dataset_name_lists_glscl_builders(lavis_glscl, tmp_path):
     with pytest.raises(KeyError) as error:
         launch.check_registered_names(str(bad), [])
     listed = str(error.value).split("Registered by lavis_glscl: ")[1].split(";")[0].split(", ")
-    assert listed == ["align_bench", "easy_vqa", "glscl_image_text", "glscl_video_text", "glscl_vqa", "shapes_demo",
-                      "shapes_video_demo"]
+    assert listed == ["align_bench", "easy_vqa", "glscl_image_text", "glscl_nlvr", "glscl_video_text", "glscl_vqa",
+                      "shapes_demo", "shapes_nlvr_demo", "shapes_video_demo"]
 
 
 def test_model_type_option_selects_that_types_defaults(lavis_glscl):
@@ -91,8 +92,10 @@ def test_run_yaml_paths_fall_back_to_the_packaged_projects(tmp_path, monkeypatch
 def test_model_zoo_lists_every_glscl_model_and_type(lavis_glscl):
     zoo = lavis_glscl.model_zoo()
     assert zoo == {"albef_glscl_pretrain": ["demo", "tiny"], "albef_pretrain_offline": ["demo", "tiny"],
-                   "albef_retrieval_offline": ["demo", "tiny"], "blip_retrieval_offline": ["demo", "tiny"],
-                   "glscl_pretrain": ["base", "demo", "tiny"], "glscl_retrieval": ["base", "demo", "tiny"],
+                   "albef_retrieval_offline": ["demo", "tiny"], "alpro_retrieval_offline": ["demo", "tiny"],
+                   "blip_retrieval_offline": ["demo", "tiny"],
+                   "glscl_nlvr": ["base", "demo", "tiny"], "glscl_pretrain": ["base", "demo", "demo_video", "tiny"],
+                   "glscl_retrieval": ["base", "demo", "tiny"],
                    "glscl_vqa": ["base", "demo", "tiny"], "matching_dual_encoder": ["demo", "tiny"]}
     assert "glscl_retrieval" in str(zoo) and "base, demo, tiny" in str(zoo)
 
@@ -157,6 +160,7 @@ def check_model_options(model_cls, model_cfg, monkeypatch) -> None:
 
     def bind_arguments(self, *args, **kwargs):
         constructor.bind(self, *args, **kwargs)
+        nn.Module.__init__(self)  # an empty module, so what ``build`` does after construction (freezing) runs
 
     with monkeypatch.context() as patch:
         patch.setattr(model_cls, "__init__", bind_arguments)
@@ -213,7 +217,8 @@ def test_every_project_run_yaml_names_registered_parts_and_builds_its_config(lav
     splits = set()
     for name, dataset_cfg in cfg.datasets_cfg.items():
         builder = registry.get_builder_class(name)(dataset_cfg)
-        splits |= set(builder.config.build_info.annotations)
+        info = builder.config.build_info
+        splits |= set(info.annotations) | ({"train"} if "shards" in info else set())  # type wds: train from shards
         for kind in ("vis_processor", "text_processor"):
             sample = processor_samples[dataset_cfg.data_type if kind == "vis_processor" else "text"]
             for split, processor_cfg in (dataset_cfg.get(kind) or {}).items():
@@ -224,18 +229,22 @@ def test_every_project_run_yaml_names_registered_parts_and_builds_its_config(lav
 
 @pytest.mark.parametrize("project", COMPARE_YAMLS)
 def test_every_compare_row_builds_a_config_from_its_base_yaml_and_tests(lavis_glscl, project):
-    from lavis_glscl.compare import trained_model_options
+    from lavis_glscl.compare import seed_run_options, trained_model_options
+    from lavis_glscl.stopping import PlateauRule
 
     spec = OmegaConf.load(paths.PROJECT_DIR / project).compare
     base = paths.run_config_path(spec.base)
-    shared = list(spec.get("options", []))
+    names = [run.name for run in spec.runs]
     for run in spec.runs:
-        row = shared + list(run.get("options", []))
+        assert run.get("baseline") in (None, *names)
+        row = seed_run_options(spec, run, (spec.get("seeds") or [None])[0])
         for options in [row] + [row + list(e.options) for e in run.get("evaluations", [])]:
             launch.check_registered_names(base, options)
+            launch.check_task_options(base, options)
             cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", base, "--options", *options, "run.seed=0"]))
             expected_arch = OmegaConf.from_dotlist(options).get("model", {}).get("arch")
             assert cfg.model_cfg.arch == (expected_arch or OmegaConf.load(base).model.arch)
+            assert (PlateauRule.from_config(cfg.run_cfg.get("plateau")) is None) == (spec.get("plateau") is None)
         for test in spec.get("tests", []):
             options = trained_model_options(base, row)
             cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", paths.run_config_path(test), "--options",

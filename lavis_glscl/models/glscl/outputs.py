@@ -33,7 +33,8 @@ class GlsclIntermediateOutput(ModelOutput):
 @dataclass
 class GlsclOutput(ModelOutput):
     """Total loss and each objective's unweighted loss (MGSC and MLTC split by modality; ``loss_rank`` the released
-    retrieval fine-tuning loss, ``loss_vqa`` the VQA classifier's), plus the intermediate outputs."""
+    retrieval fine-tuning loss, ``loss_vqa`` the VQA classifier's, ``loss_nlvr`` the NLVR classifier's), plus the
+    intermediate outputs."""
 
     loss: Optional[torch.Tensor] = None
     loss_itc: Optional[torch.Tensor] = None
@@ -45,4 +46,5 @@ class GlsclOutput(ModelOutput):
     loss_mltc_text: Optional[torch.Tensor] = None
     loss_rank: Optional[torch.Tensor] = None
     loss_vqa: Optional[torch.Tensor] = None
+    loss_nlvr: Optional[torch.Tensor] = None
     intermediate_output: Optional[GlsclIntermediateOutput] = None

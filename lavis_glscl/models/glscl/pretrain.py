@@ -3,7 +3,8 @@
 The step composes the pure objectives of :mod:`lavis_glscl.models.objectives` over these passes:
 
 - the full image and the full text through the encoders (ITC; and fused for ITM, with negatives from the global
-  batch), the MLM-masked text fused with the full image (MLM);
+  batch, or each row's group partner when the batch comes in groups and ``itm_negatives: partner``), the
+  MLM-masked text fused with the full image (MLM);
 - MGSC's P1 (80 %-dropped image, full text) and P2 (full image, 40 %-masked text): each modality's prediction comes
   from the pass where it is masked, its detached target from the pass where it is not;
 - MLTC's P3 (30 % of patches replaced by the mask token, full text), whose fused masked patches must find P2's, and
@@ -25,7 +26,8 @@ from lavis_glscl.models import objectives
 from lavis_glscl.models.glscl.base import GlsclBase
 from lavis_glscl.models.glscl.outputs import GlsclIntermediateOutput, GlsclOutput
 from lavis_glscl.models.masking import keep_patch_indices, mgsc_text_mask, mlm_mask, patch_token_mask
-from lavis_glscl.models.negatives import forbidden_negatives, hard_negatives, negative_rows, random_partners
+from lavis_glscl.models.negatives import (forbidden_negatives, group_partners, hard_negatives, negative_rows,
+                                         random_partners)
 from lavis_glscl.models.randomness import StepRandomness
 from lavis_glscl.models.vision_transformer import visual_input
 from lavis_glscl.paths import config_path
@@ -51,8 +53,9 @@ class UnimodalPasses:
 
 
 class PretrainingStep:
-    """One training step: the batch (``images`` ``[B, F, 3, H, W]``, tokenised ``text``), its random numbers, the
-    unimodal passes the objectives share, and the global-batch ids that decide which negatives are forbidden.
+    """One training step: the batch (``images`` ``[B, F, 3, H, W]``, tokenised ``text``, ``group_size``: its rows come
+    in consecutive groups of that many, 1 when ungrouped), its random numbers, the unimodal passes the objectives
+    share, and the global-batch ids that decide which negatives are forbidden.
 
     Each objective is a method returning its unweighted loss; :meth:`losses` runs the active ones in a fixed order
     (the order the encoder and fusion passes draw dropout noise in).
@@ -71,6 +74,7 @@ class PretrainingStep:
         self.passes = UnimodalPasses(self.config.share_unimodal_passes)
         ids = samples.get("image_id")
         self.row_ids = ids.to(model.device) if torch.is_tensor(ids) else None
+        self.group_size = int(samples.get("batch_group_size", 1))
         self.intermediate = GlsclIntermediateOutput()
 
     def _draw_noise(self) -> Dict[str, torch.Tensor]:
@@ -156,15 +160,19 @@ class PretrainingStep:
                                    all_gather_with_grad)
 
     def itm(self) -> torch.Tensor:
-        """ITM with negatives from the global batch: random (half the rows, as the released code) or hard."""
-        if self.config.itm_negatives == "random":
+        """ITM with negatives from the global batch: random (half the rows, as the released code), hard, or the group
+        partner's (``partner``, random in an ungrouped batch)."""
+        mode = self.config.itm_negatives
+        if mode == "hard":
+            fusion, labels = self._hard_negative_pairs()
+        elif mode == "partner" and self.group_size > 1:
+            fusion, labels = self._partner_negative_pairs()
+        else:
             negative = self.rng.local_rows(self.noise["itm_negative"]).to(self.model.device)
             partners = random_partners(self.noise_for("itm_partner"), self.forbidden)
             image_tokens = self.tokens_with_partner_images(partners, negative)
             fusion = self.model.fuse(self.text_full(), self.text.attention_mask, image_tokens, self.frames)
             labels = (~negative).long()
-        else:
-            fusion, labels = self._hard_negative_pairs()
         logits = self.model.itm_score(fusion.cls_feats)
         self.intermediate.cls_feats, self.intermediate.itm_logits, self.intermediate.itm_labels = (
             fusion.cls_feats, logits, labels)
@@ -181,13 +189,28 @@ class PretrainingStep:
             image_to_text = image_embeds @ all_gather_no_grad(text_embeds).t() / model.cl_temp
             hard_images = hard_negatives(text_to_image, self.forbidden, self.noise_for("itm_hard_image"))
             hard_texts = hard_negatives(image_to_text, self.forbidden, self.noise_for("itm_hard_text"))
+        return self._pairs_with_negatives(hard_images, hard_texts)
+
+    def _partner_negative_pairs(self):
+        """Every row's pair, its text with its group partner's image, its image with the partner's text; labels 1, 0,
+        0.  In the shapes video set a clip's partner is its time reversal, captioned with the opposite direction."""
+        partners = group_partners(self.batch, self.group_size, self.rng.row_offset, self.model.device)
+        if self.forbidden.gather(1, partners.unsqueeze(1)).any():
+            raise ValueError(f"rows of a batch group (train_batch_group_size {self.group_size}) share an image_id, so "
+                             "they cannot be each other's ITM negatives (itm_negatives: partner)")
+        return self._pairs_with_negatives(partners, partners)
+
+    def _pairs_with_negatives(self, negative_images: torch.Tensor, negative_texts: torch.Tensor):
+        """Fuse ``[3B]`` rows: each row's own pair, its text with the global-batch image ``negative_images`` ``[B]``,
+        its image with the global-batch text ``negative_texts`` ``[B]``; labels 1, 0, 0."""
+        model = self.model
         own_images, own_text = self.image_full(), self.text_full()
         all_negative = torch.ones(self.batch, dtype=torch.bool, device=model.device)
-        negative_images = self.tokens_with_partner_images(hard_images, all_negative, own_images)
+        images_of_negatives = self.tokens_with_partner_images(negative_images, all_negative, own_images)
         all_text, all_mask, own_text, own_mask = self.gathered_text(own_text)
-        text_tokens = torch.cat([own_text, own_text, all_text[hard_texts]])
-        text_mask = torch.cat([own_mask, own_mask, all_mask[hard_texts]])
-        image_tokens = torch.cat([own_images, negative_images, own_images])
+        text_tokens = torch.cat([own_text, own_text, all_text[negative_texts]])
+        text_mask = torch.cat([own_mask, own_mask, all_mask[negative_texts]])
+        image_tokens = torch.cat([own_images, images_of_negatives, own_images])
         fusion = model.fuse(text_tokens, text_mask, image_tokens, self.frames)
         labels = torch.cat([torch.ones(self.batch), torch.zeros(2 * self.batch)]).long().to(model.device)
         return fusion, labels
@@ -248,11 +271,13 @@ class GlsclPretrain(GlsclBase):
     """GLSCL pre-training: ITC + ITM + MLM + MGSC + MLTC (weights in ``loss_weights``; 0 turns an objective and
     its passes off, and freezes what only it trains)."""
 
-    PRETRAINED_MODEL_CONFIG_DICT = {
+    # The sizes every GLSCL head comes in; pre-training adds the video demo's training options.
+    SIZE_CONFIGS = {
         "base": config_path("models/glscl/pretrain_base.yaml"),
         "demo": config_path("models/glscl/pretrain_demo.yaml"),
         "tiny": config_path("models/glscl/pretrain_tiny.yaml"),
     }
+    PRETRAINED_MODEL_CONFIG_DICT = {**SIZE_CONFIGS, "demo_video": config_path("models/glscl/pretrain_demo_video.yaml")}
     OBJECTIVES = ("itc", "itm", "mlm", "mgsc", "mltc")
     STEP = PretrainingStep
 

@@ -75,9 +75,7 @@ class GlsclRetrieval(GlsclPretrain):
 
     def objective_reach(self) -> Dict[str, list]:
         reach = super().objective_reach()
-        fusion = [self.token_type_embeddings, self.cross_modal_text_layers, self.cross_modal_image_layers]
-        reach["rank"] = [*fusion, self.cross_modal_text_pooler, self.cross_modal_image_pooler,
-                         *([self.rank_output] if hasattr(self, "rank_output") else [])]
+        reach["rank"] = [*self.fused_pair_reach(), *([self.rank_output] if hasattr(self, "rank_output") else [])]
         return reach
 
     def load_checkpoint(self, url_or_filename, trust_checkpoint: bool = False):

