@@ -223,6 +223,14 @@ def test_a_plateau_stops_the_run_records_its_steps_and_tests_the_model(run_yaml,
     assert (record["run_steps"], record["run_epochs"], record["run_plateau_reached"]) == (3, 3, True)
     assert [r["train_step_epoch"] for r in read_log_records(tmp_path, "train_step")] == [0, 1, 2]
     assert "plateau: train_loss" in caplog.text
+    # The rule's history travels with the checkpoint, so a resumed run judges the plateau on all its checks.
+    (checkpoint,) = tmp_path.rglob("checkpoint_2.pth")
+    assert torch.load(checkpoint, weights_only=False)["plateau_history"] == runner.plateau.history
+    assert len(runner.plateau.history) == 3
+    resumed = tiny_runner(run_yaml(run={"max_epoch": 10, "iters_per_epoch": 1,
+                                        "plateau": {"metric": "train_loss", "window": 2}}), tmp_path / "resumed")
+    resumed._load_checkpoint(str(checkpoint))
+    assert resumed.plateau.history == runner.plateau.history
     with pytest.raises(KeyError, match="not among this epoch's values"):
         tiny_runner(run_yaml(run={"max_epoch": 2, "iters_per_epoch": 1,
                                   "plateau": {"metric": "train_loss_nope", "window": 1}}), tmp_path / "bad").train()
