@@ -53,7 +53,7 @@ from omegaconf import OmegaConf
 from lavis_glscl.paths import run_config_path
 
 P_THRESHOLD = 0.05
-RECORD_FILE = "compare_record.json"  # a finished seed of a row: its metrics, steps, minutes and options
+RECORD_FILE = "compare_record.json"  # a finished seed of a row: its metrics, steps, minutes, options and tests
 
 
 def slug(name: str) -> str:
@@ -215,14 +215,15 @@ def figure(rows: List[dict], metrics: List[str], path: Path) -> None:
     FigureCanvasAgg(canvas_figure).print_png(str(path))
 
 
-def finished_record(run_dir: Path, options: List[str]) -> Optional[dict]:
-    """The record a finished run with exactly these ``options`` left in ``run_dir``, so that a compare interrupted
-    after hours resumes at the first unfinished seed; None when there is none or it was trained otherwise."""
+def finished_record(run_dir: Path, options: List[str], tests: List[str]) -> Optional[dict]:
+    """The record a finished run with exactly these ``options``, tested with these ``tests``, left in ``run_dir``, so
+    that a compare interrupted after hours resumes at the first unfinished seed; None when there is none or it was
+    trained or tested otherwise."""
     path = run_dir / RECORD_FILE
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    return record if record.get("options") == options else None
+    return record if (record.get("options"), record.get("tests")) == (options, tests) else None
 
 
 def train_and_test(base: str, tests: List[str], options: List[str], run_dir: Path, seed: Optional[int]) -> dict:
@@ -238,7 +239,7 @@ def train_and_test(base: str, tests: List[str], options: List[str], run_dir: Pat
             f"model.finetuned={last_checkpoint(run_dir)}"], test_dir.with_suffix(".log"))
         metrics = {**read_metrics(test_dir), **metrics}
     return {"seed": seed, "metrics": metrics, "minutes": float(minutes[0]), "cpu_minutes": float(minutes[1]),
-            "steps": read_steps(run_dir), "output_dir": str(run_dir), "options": options}
+            "steps": read_steps(run_dir), "output_dir": str(run_dir), "options": options, "tests": tests}
 
 
 def seed_run_options(cfg, run, seed: Optional[int]) -> List[str]:
@@ -260,9 +261,10 @@ def compare(cfg) -> List[dict]:
             suffix = "" if seed is None else f"_seed{seed}"
             run_dir = output_dir / f"{slug(run.name)}{suffix}"
             options = seed_run_options(cfg, run, seed)
-            record = finished_record(run_dir, options)
+            tests = list(cfg.get("tests") or [])
+            record = finished_record(run_dir, options, tests)
             if record is None:
-                record = train_and_test(base, cfg.get("tests") or [], options, run_dir, seed)
+                record = train_and_test(base, tests, options, run_dir, seed)
                 (run_dir / RECORD_FILE).write_text(json.dumps(record, indent=2))
             else:
                 print(f"{run.name}{suffix}: reusing the finished run in {run_dir}", flush=True)

@@ -7,7 +7,7 @@ import statistics
 import pytest
 from helpers import TINY_RUN, run_module
 
-from lavis_glscl.compare import markdown_table, paired_difference, read_metrics
+from lavis_glscl.compare import RECORD_FILE, finished_record, markdown_table, paired_difference, read_metrics
 
 
 def evaluator_metrics(run_dir):
@@ -90,3 +90,12 @@ def test_paired_difference_needs_two_shared_seeds_and_flags_a_clear_gap():
     table = markdown_table([{"name": "a", "per_seed": [{}, {}], "metrics": {"r1": 2.0}, "std": {"r1": 0.5},
                              "steps": 120.0, "minutes": 3.25, "cpu_minutes": 5.5}], ["r1"])
     assert table.splitlines()[-1] == "| a | 2 | 2.0 ± 0.5 | 120 | 3.2 | 5.5 |"
+
+
+def test_a_finished_seed_is_reused_only_for_the_same_options_and_tests(tmp_path):
+    record = {"seed": 0, "metrics": {"r1": 1.0}, "options": ["run.seed=0"], "tests": ["bench.yaml"]}
+    (tmp_path / RECORD_FILE).write_text(json.dumps(record))
+    assert finished_record(tmp_path, ["run.seed=0"], ["bench.yaml"]) == record
+    assert finished_record(tmp_path, ["run.seed=1"], ["bench.yaml"]) is None
+    assert finished_record(tmp_path, ["run.seed=0"], []) is None  # a new test yaml: its metrics are missing
+    assert finished_record(tmp_path / "never_run", ["run.seed=0"], ["bench.yaml"]) is None
