@@ -1,17 +1,22 @@
 """What holds a video model at chance on direction-only pairs: the measurements behind README "Video that knows time".
 
-    python benchmarks/video_direction.py [--steps 200 600] [--shapes-steps 300] [--quick]
+    python benchmarks/video_direction.py [--steps 200 600] [--shapes-steps 300] [--parts probe_shapes] [--quick]
 
 1. geometry: pixels the shapes object moves between the 4 frames the eval processor takes, for the version-2 set
    (45-70 % of the free width in 8-16 frames) and the current one, in 8 px and 16 px patches;
 2. probe_shift: the supervised direction probe (``lavis_glscl.tools.direction_probe``: 3 x 64 ViT, 32 px, 8 px
    patches, 4 frames) against the dot's motion per frame, 1/4, 1/2 and 1 patch, after each step count;
 3. probe_shapes: the same probe on shapes clips with the ``demo`` ViT (4 x 128 at 64 px), version-2 clips at
-   16 px patches (the old video demo) against current clips at 8 px patches (and the two crossings);
+   16 px patches (the old video demo) against current clips at 8 px patches (and the two crossings), and current
+   clips drawn at 32 px for the ViT at 32 px (16 patches a frame: the ``demo_video`` model);
 4. text: cosine similarity of the caption encoder's (MiniLM-L6) sentence features for direction-only caption pairs
    against pairs that differ in colour;
 5. probe_size: the probe on the same one-patch motion in 32 px and 64 px frames (16 against 64 patches);
-6. negatives: the share of ITM pairs that contrast a clip with its reversal (or a caption with its opposite) under
+6. probe_captions: the 32 px ViT taught direction by captions alone: each clip and its reversal against four
+   learnable direction "caption" embeddings that start at cosine 0.97 or 0.99 of each other (MiniLM's CLS features
+   of opposite captions: 0.991), through the 2 x 2 contrast of a clip/reversal group (``group_contrastive_loss``)
+   at temperature 0.07 or 0.03: how long the symmetric start holds when both sides must diverge together;
+7. negatives: the share of ITM pairs that contrast a clip with its reversal (or a caption with its opposite) under
    each ``itm_negatives`` mode, for a batch of 32 grouped in clip/reversal pairs.
 
 Writes ``benchmarks/results/video_direction_<device>.json``.  Timings are per measurement, wall and CPU.
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from common import RESULTS_DIR, machine
 
 from lavis_glscl.datasets import shapes
+from lavis_glscl.models import objectives
 from lavis_glscl.models.negatives import forbidden_negatives, group_partners, negative_rows, random_partners
 from lavis_glscl.models.vision_transformer import VisionTransformer
 from lavis_glscl.processors import frame_indices
@@ -125,8 +131,8 @@ def probe_size(steps: List[int], seed: int = 0) -> Dict[str, dict]:
     return result
 
 
-def shapes_clips(version: dict):
-    """``sample(count, generator)`` → shapes clips ``[N, 4, 3, 64, 64]`` (eval frames, CLIP-normalised) and their
+def shapes_clips(version: dict, size: int = 64):
+    """``sample(count, generator)`` → shapes clips ``[N, 4, 3, size, size]`` (eval frames, CLIP-normalised) and their
     direction indices into ``DIRECTIONS``, drawn as ``version`` of the generator draws them."""
     def sample(count: int, generator: torch.Generator):
         rng = np.random.RandomState(int(torch.randint(2 ** 31, (1,), generator=generator)))
@@ -134,8 +140,8 @@ def shapes_clips(version: dict):
         for _ in range(count):
             label = int(rng.randint(len(DIRECTIONS)))
             length = int(rng.choice(version["lengths"]))
-            frames = shapes.render_clip(shapes.random_object(rng), SHAPES_DIRECTIONS[DIRECTIONS[label]], 64, length,
-                                        rng, travel_range=version["travel_range"])
+            frames = shapes.render_clip(shapes.random_object(rng), SHAPES_DIRECTIONS[DIRECTIONS[label]], size,
+                                        length, rng, travel_range=version["travel_range"])
             frames = torch.from_numpy(frames[frame_indices(length, 4, "middle")]).permute(0, 3, 1, 2).float() / 255
             clips.append((frames - CLIP_MEAN) / CLIP_STD)
             labels.append(label)
@@ -145,18 +151,64 @@ def shapes_clips(version: dict):
 
 def probe_shapes(steps: List[int], seed: int = 0) -> Dict[str, dict]:
     result = {}
-    for data, version in (("version_2", VERSION_2), ("current", CURRENT)):
-        sample = shapes_clips(version)
+    cases = [("version_2", VERSION_2, 64, 16), ("version_2", VERSION_2, 64, 8), ("current", CURRENT, 64, 16),
+             ("current", CURRENT, 64, 8), ("current", CURRENT, 32, 8)]
+    for data, version, size, patch in cases:
+        sample = shapes_clips(version, size)
         test = sample(256, torch.Generator().manual_seed(seed + 1_000_003))
-        for patch in (16, 8):
-            torch.manual_seed(seed)
-            vit = VisionTransformer(image_size=64, patch_size=patch, width=128, layers=4, heads=2, max_frames=8)
-            with Timer() as timer:
-                accuracies = train_probe(DirectionProbe(vit), sample, steps, test, seed, lr=5e-4)
-            result[f"{data}_patch_{patch}"] = {"accuracy_after_steps": accuracies, "wall_s": timer.wall,
-                                               "cpu_s": timer.cpu}
-            print(f"probe, shapes clips {data}, demo ViT at patch {patch}: {accuracies} ({timer.wall:.0f} s wall, "
-                  f"{timer.cpu:.0f} s CPU)", flush=True)
+        torch.manual_seed(seed)
+        vit = VisionTransformer(image_size=size, patch_size=patch, width=128, layers=4, heads=2, max_frames=8)
+        with Timer() as timer:
+            accuracies = train_probe(DirectionProbe(vit), sample, steps, test, seed, lr=5e-4)
+        name = f"{data}_patch_{patch}" + ("" if size == 64 else f"_{size}px")
+        result[name] = {"accuracy_after_steps": accuracies, "wall_s": timer.wall, "cpu_s": timer.cpu}
+        print(f"probe, shapes clips {data} at {size} px, demo ViT at patch {patch}: {accuracies} "
+              f"({timer.wall:.0f} s wall, {timer.cpu:.0f} s CPU)", flush=True)
+    return result
+
+
+def probe_captions(steps: List[int], seed: int = 0) -> Dict[str, dict]:
+    reversed_direction = torch.tensor([DIRECTIONS.index(name) for name in ("right", "left", "down", "up")])
+    sample = shapes_clips(CURRENT, 32)
+    test_clips, test_labels = sample(256, torch.Generator().manual_seed(seed + 1_000_003))
+    result = {}
+    for start_cosine, temperature in ((0.97, 0.07), (0.99, 0.07), (0.99, 0.03)):
+        torch.manual_seed(seed)
+        vit = VisionTransformer(image_size=32, patch_size=8, width=128, layers=4, heads=2, max_frames=8)
+        projection = torch.nn.Linear(128, 64)
+        common, spread = torch.randn(1, 64), torch.randn(len(DIRECTIONS), 64)
+        # equal-norm offsets from a shared vector: pairwise cosine about start_cosine
+        spread = spread / spread.norm(dim=1, keepdim=True) * common.norm() * (1 - start_cosine) ** 0.5
+        captions = torch.nn.Parameter(common + spread)
+        optimizer = torch.optim.AdamW([*vit.parameters(), *projection.parameters()], lr=5e-4, weight_decay=0.01)
+        caption_optimizer = torch.optim.AdamW([captions], lr=1e-4)
+        generator = torch.Generator().manual_seed(seed)
+
+        def embed(clips):
+            return F.normalize(projection(vit(clips)[:, :4].mean(dim=1)), dim=-1)
+
+        accuracies = {}
+        with Timer() as timer:
+            for step in range(1, max(steps) + 1):
+                clips, labels = sample(16, generator)
+                pairs = torch.stack([clips, clips.flip(1)], dim=1).flatten(0, 1)  # rows 2k, 2k + 1: clip, reversal
+                pair_labels = torch.stack([labels, reversed_direction[labels]], dim=1).flatten()
+                loss = objectives.group_contrastive_loss(embed(pairs), captions[pair_labels], 2, temperature)
+                optimizer.zero_grad()
+                caption_optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                caption_optimizer.step()
+                if step in steps:
+                    vit.eval()
+                    with torch.no_grad():
+                        scores = embed(test_clips) @ F.normalize(captions, dim=-1).t()
+                    vit.train()
+                    accuracies[step] = 100.0 * float((scores.argmax(dim=1) == test_labels).float().mean())
+        name = f"start_cosine_{start_cosine}_temperature_{temperature}"
+        result[name] = {"accuracy_after_steps": accuracies, "wall_s": timer.wall, "cpu_s": timer.cpu}
+        print(f"probe by captions, start cosine {start_cosine}, temperature {temperature}: {accuracies} "
+              f"({timer.wall:.0f} s wall, {timer.cpu:.0f} s CPU)", flush=True)
     return result
 
 
@@ -207,27 +259,42 @@ def negatives_share(batch_size: int = 32, draws: int = 2000) -> Dict[str, float]
     return result
 
 
+def print_geometry(args) -> Dict[str, dict]:
+    result = geometry()
+    print(f"geometry: {json.dumps(result, indent=1)}", flush=True)
+    return result
+
+
+PARTS = {
+    "geometry": print_geometry,
+    "negatives": lambda args: negatives_share(),
+    "text": lambda args: text_similarity(),
+    "probe_shift": lambda args: probe_shift(sorted(args.steps), args.seeds),
+    "probe_size": lambda args: probe_size(sorted(args.steps)),
+    "probe_shapes": lambda args: probe_shapes(sorted(args.shapes_steps)),
+    "probe_captions": lambda args: probe_captions(sorted(args.shapes_steps)),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[200, 600])
-    parser.add_argument("--shapes-steps", type=int, nargs="+", default=[100, 200, 300])
+    parser.add_argument("--shapes-steps", type=int, nargs="+", default=[100, 200, 300, 400, 600])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--quick", action="store_true", help="tiny step counts, one seed: a smoke run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS), help="measurements to run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
         args.steps, args.shapes_steps, args.seeds = [5], [3], [0]
-    results = {"machine": machine(), "threads": args.threads, "geometry": geometry()}
-    print(f"geometry: {json.dumps(results['geometry'], indent=1)}", flush=True)
-    results["negatives"] = negatives_share()
-    results["text"] = text_similarity()
-    results["probe_shift"] = probe_shift(sorted(args.steps), args.seeds)
-    results["probe_size"] = probe_size(sorted(args.steps))
-    results["probe_shapes"] = probe_shapes(sorted(args.shapes_steps))
+    results = {"machine": machine(), "threads": args.threads}
+    for part in args.parts:
+        results[part] = PARTS[part](args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"video_direction_{device}{'_quick' if args.quick else ''}.json"
+    parts = "" if set(args.parts) == set(PARTS) else "_" + "_".join(args.parts)
+    path = RESULTS_DIR / f"video_direction_{device}{parts}{'_quick' if args.quick else ''}.json"
     path.write_text(json.dumps(results, indent=2, default=float))
     print(f"written {path}")
 

@@ -1,8 +1,8 @@
 """Side-by-side comparison of LAVIS runs over seeds: ``python -m lavis_glscl.compare --cfg-path <compare.yaml>``.
 
 Every run trains and tests one registered model from the same base run yaml (same datasets, steps, batch,
-resolution), changed only by its ``options``, once per seed of ``seeds`` (``run.seed``, plus the run's
-``seed_options`` with ``{seed}`` filled in); ``plateau`` stops each training on a plateau rule instead of after a
+resolution), changed only by its ``options``, once per seed of ``seeds`` or of its own ``seeds`` (``run.seed``, plus
+the run's ``seed_options`` with ``{seed}`` filled in); ``plateau`` stops each training on a plateau rule instead of after a
 fixed step count (see :mod:`lavis_glscl.stopping`).  ``evaluations`` re-test a run's trained weights with other
 options (e.g. a score normaliser); ``tests`` are other run yamls (other tasks and data, e.g. ALIGN-BENCH) every
 trained run is also tested with, their metrics joining the run's where it has none of that name.  Every metric is
@@ -36,6 +36,7 @@ Compare yaml::
         - name: GLSCL without MGSC and MLTC
           options: [model.loss_weights.mgsc=0, model.loss_weights.mltc=0]
           baseline: GLSCL
+          seeds: [0, 1]                                   # optional: this row's own seeds (paired on shared ones)
 """
 import argparse
 import json
@@ -257,7 +258,7 @@ def compare(cfg) -> List[dict]:
     rows = []
     for run in cfg.runs:
         trained, evaluated = [], {evaluation.name: [] for evaluation in run.get("evaluations") or []}
-        for seed in seeds:
+        for seed in list(run.get("seeds") or seeds):
             suffix = "" if seed is None else f"_seed{seed}"
             run_dir = output_dir / f"{slug(run.name)}{suffix}"
             options = seed_run_options(cfg, run, seed)

@@ -68,14 +68,18 @@ compare:
     assert read_metrics(tmp_path / "out" / "glscl_seed1")["txt_r1"] == rows[0]["per_seed"][0]["metrics"]["txt_r1"]
     assert all(0 < record["cpu_minutes"] for row in rows for record in row["per_seed"])
 
-    # Rerun with the second row changed: the first row's finished seeds are reused, the second row's retrained.
+    # Rerun with the second row changed and on its own seed: the first row's finished seeds are reused, the second
+    # row's seed 2 retrained; one shared seed is no paired test.
     config.write_text(config.read_text().replace("model.loss_weights.mltc=0]",
-                                                 "model.loss_weights.mltc=0, model.loss_weights.itm=0]"))
+                                                 "model.loss_weights.mltc=0, model.loss_weights.itm=0]\n"
+                                                 "      seeds: [2]"))
     rerun = run_module("lavis_glscl.compare", ["--cfg-path", str(config)], cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stdout[-3000:]
     assert rerun.stdout.count("reusing the finished run") == 2
-    assert "GLSCL without MGSC and MLTC_seed1: reusing" not in rerun.stdout
-    assert json.loads((tmp_path / "out" / "results.json").read_text())[0] == rows[0]
+    assert "GLSCL without MGSC and MLTC_seed1" not in rerun.stdout
+    rerun_rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert rerun_rows[0] == rows[0]
+    assert rerun_rows[1]["seeds"] == [2] and set(rerun_rows[1]["paired"].values()) == {None}
 
 
 def test_paired_difference_needs_two_shared_seeds_and_flags_a_clear_gap():

@@ -99,3 +99,30 @@ def test_itm_and_mlm_losses_by_hand():
     assert objectives.mlm_loss(vocab_logits, labels).item() == pytest.approx(mean, rel=1e-6)
     assert objectives.mlm_loss(vocab_logits, labels, normalizer=4.0).item() == pytest.approx(mean / 2, rel=1e-6)
     assert objectives.mlm_loss(vocab_logits, torch.full((3,), -100)).item() == 0.0
+
+
+def test_group_contrastive_loss_is_itc_inside_each_group_by_hand():
+    """Two groups of two: each image against its group's two texts and each text against its group's two images,
+    mean over the 4 rows per direction, summed (as ITC).  Embeddings are unit vectors at angles, so the cosines are
+    cos(a - b)."""
+    angles_image, angles_text = [0.0, 1.0, 0.3, 2.0], [0.2, 0.9, 1.5, 0.1]
+    unit = lambda angles: torch.tensor([[math.cos(a), math.sin(a)] for a in angles])  # noqa: E731
+    tau = 0.5
+    image_rows = text_rows = 0.0
+    for group in (0, 2):
+        sim = [[math.cos(angles_image[group + i] - angles_text[group + j]) / tau for j in range(2)] for i in range(2)]
+        image_rows += sum(ce(sim[i], i) for i in range(2))
+        text_rows += sum(ce([sim[i][j] for i in range(2)], j) for j in range(2))
+    expected = image_rows / 4 + text_rows / 4
+    loss = objectives.group_contrastive_loss(3.0 * unit(angles_image), unit(angles_text), 2, tau)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # one group of the whole batch is the batch-wide ITC
+    whole = objectives.group_contrastive_loss(unit(angles_image), unit(angles_text), 4, tau)
+    assert whole.item() == pytest.approx(objectives.norm_softmax_loss(unit(angles_image) @ unit(angles_text).t(),
+                                                                       tau).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("batch, group", [(5, 2), (4, 1), (4, 3)])
+def test_group_contrastive_loss_refuses_batches_without_whole_groups(batch, group):
+    with pytest.raises(ValueError, match="group"):
+        objectives.group_contrastive_loss(torch.randn(batch, 3), torch.randn(batch, 3), group, 0.1)

@@ -426,6 +426,29 @@ def test_itm_hard_negatives_fuse_3b_rows_the_first_b_positive(lavis_glscl):
     assert loss_with_bonus(model, batch, model.itm_score, match_logit_bonus(1 - labels), "loss_itm") > 20.0
 
 
+def test_itc_group_contrasts_each_clip_with_its_group_partners_caption_only_in_grouped_batches(lavis_glscl):
+    """``itc_group_weight``: ITC among the rows of each batch group (rows 2k, 2k + 1 for groups of 2), on the same
+    unimodal ITC features, in the total as weight(itc) x itc_group_weight; absent from ungrouped batches."""
+    model = tiny("glscl_pretrain", loss_weights={"itc": 2.0}, itc_group_weight=0.5)
+    batch = {**tiny_batch(batch_size=6, frames=2, seed=8), "batch_group_size": 2}
+    out = model(batch)
+    image = F.normalize(out.intermediate_output.image_feat.detach(), dim=-1)
+    text = F.normalize(out.intermediate_output.text_feat.detach(), dim=-1)
+    tau = float(model.cl_temp.detach())
+    by_image = by_text = 0.0
+    for first in (0, 2, 4):
+        rows = [first, first + 1]
+        sim = torch.stack([torch.stack([image[i] @ text[j] for j in rows]) for i in rows]) / tau  # [2 images, 2 texts]
+        by_image += sum(-torch.log_softmax(sim[k], dim=0)[k] for k in range(2))
+        by_text += sum(-torch.log_softmax(sim[:, k], dim=0)[k] for k in range(2))
+    expected = (by_image + by_text) / 6
+    assert out.loss_itc_group.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(2.0 * (out.loss_itc.item() + 0.5 * out.loss_itc_group.item()), rel=1e-5)
+    assert tiny("glscl_pretrain", loss_weights={"itc": 2.0}, itc_group_weight=0.5)(
+        {**batch, "batch_group_size": 1}).loss_itc_group is None
+    assert tiny("glscl_pretrain", loss_weights={"itc": 2.0})(batch).loss_itc_group is None
+
+
 def test_rank_loss_scores_the_own_caption_as_candidate_0_and_targets_it(lavis_glscl):
     negatives, batch_size = 3, 6
     model = tiny("glscl_retrieval", loss_weights={"rank": 1.0, "itc": 0.5}, rank_negatives=negatives)

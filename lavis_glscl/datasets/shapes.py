@@ -16,9 +16,11 @@ Layout of a generated set (written once into the cache, atomically, then reused)
 The video set shows one object moving across the frame ("a small red circle moves to the left"), 8, 12 or 16
 frames per clip, written as mp4 (MPEG-4 part 2, which OpenCV writes and decord reads).  The object crosses
 ``VIDEO_TRAVEL`` of the free width, so the 4 frames the eval processor takes from a 64 px clip are 9-15 px apart:
-at least one 8 px patch, motion a ViT with 8 px patches learns from scratch (version 2 moved 4-12 px, about half
-a 16 px patch).  Its test split comes in pairs where one clip is the other played backwards: the same frames,
-opposite captions ("to the left" / "to the right"), so only a model that uses frame order can tell them apart::
+at least one 8 px patch (version 2 moved 4-12 px, about half a 16 px patch).  The video demo draws its clips at
+32 px, 4.4-7.3 px apart: 16 patches a frame, where a ViT trained from scratch on the direction label learns it in
+300 steps (at 64 px, 64 patches a frame, it stays at chance: README "Video that knows time").  Its test split comes
+in pairs where one clip is the other played backwards: the same frames, opposite captions ("to the left" / "to the
+right"), so only a model that uses frame order can tell them apart::
 
     videos/{train,test}_NNNNN.mp4   train.json  test.json  test_hard_pairs.json  (same formats, key "video")
 """

@@ -93,6 +93,11 @@ class GlsclConfig:
     vision_init: Optional[VisionInit] = None
     embed_dim: int = 512
     itc_temperature: float = 0.07
+    # ITC inside each batch group too (a clip against its time reversal), this times the ITC weight; 0: released ITC.
+    # Its temperature is fixed (None: ITC's learnable one): a lower one leaves the start, where a clip and its
+    # reversal embed alike and so do opposite captions, faster
+    itc_group_weight: float = 0.0
+    itc_group_temperature: Optional[float] = None
     loss_weights: Dict[str, float] = field(default_factory=dict)
     itm_negatives: str = "random"
     mlm_probability: float = 0.15
@@ -117,6 +122,10 @@ class GlsclConfig:
         self.loss_weights = loss_weights_for(OBJECTIVES, self.loss_weights)
         if self.itm_negatives not in ITM_NEGATIVES:
             raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {self.itm_negatives!r}")
+        if self.itc_group_weight < 0:
+            raise ValueError(f"itc_group_weight must be >= 0, got {self.itc_group_weight}")
+        if self.itc_group_temperature is not None and self.itc_group_temperature <= 0:
+            raise ValueError(f"itc_group_temperature must be > 0, got {self.itc_group_temperature}")
 
     @classmethod
     def from_options(cls, options: Mapping) -> "GlsclConfig":

@@ -2,7 +2,8 @@
 
 The step composes the pure objectives of :mod:`lavis_glscl.models.objectives` over these passes:
 
-- the full image and the full text through the encoders (ITC; and fused for ITM, with negatives from the global
+- the full image and the full text through the encoders (ITC, and ITC inside each batch group with
+  ``itc_group_weight``; and fused for ITM, with negatives from the global
   batch, or each row's group partner when the batch comes in groups and ``itm_negatives: partner``), the
   MLM-masked text fused with the full image (MLM);
 - MGSC's P1 (80 %-dropped image, full text) and P2 (full image, 40 %-masked text): each modality's prediction comes
@@ -144,6 +145,8 @@ class PretrainingStep:
             self.intermediate.text_feat = self.model.text_embedding(self.text_full())
             if weights["itc"]:
                 losses["itc"] = self.itc()
+                if self.config.itc_group_weight and self.group_size > 1:
+                    losses["itc_group"] = self.itc_group()
         if weights["itm"]:
             losses["itm"] = self.itm()
         if weights["mlm"]:
@@ -158,6 +161,14 @@ class PretrainingStep:
         """ITC over the global batch: GLSCL's norm-softmax loss at the learnable temperature."""
         return objectives.itc_loss(self.intermediate.image_feat, self.intermediate.text_feat, self.model.cl_temp,
                                    all_gather_with_grad)
+
+    def itc_group(self) -> torch.Tensor:
+        """ITC inside each of this rank's batch groups (``itc_group_weight``): in the shapes video set a clip against
+        its time reversal and a caption against its opposite direction, which the batch-wide ITC hardly weighs
+        while the batch's other clips still differ in what they show."""
+        temperature = self.config.itc_group_temperature or self.model.cl_temp
+        return objectives.group_contrastive_loss(self.intermediate.image_feat, self.intermediate.text_feat,
+                                                 self.group_size, temperature)
 
     def itm(self) -> torch.Tensor:
         """ITM with negatives from the global batch: random (half the rows, as the released code), hard, or the group
@@ -313,11 +324,16 @@ class GlsclPretrain(GlsclBase):
         rank, world_size = world()
         return StepRandomness(self.config.mask_seed, epoch, iteration, batch, rank, world_size)
 
+    def loss_weight(self, loss_name: str) -> float:
+        """The weight of a loss of :meth:`PretrainingStep.losses` (``mgsc_image`` → MGSC's) in the total."""
+        weight = self.loss_weights[loss_name.split("_")[0]]
+        return weight * self.config.itc_group_weight if loss_name == "itc_group" else weight
+
     def forward(self, samples: dict) -> GlsclOutput:
         """``samples``: ``image`` ``[B, 3, H, W]`` or ``video`` ``[B, F, 3, H, W]``, ``text_input`` (list of str),
         optionally ``image_id`` ``[B]`` (negatives never share it) and the runner's ``epoch``/``iters``."""
         step = self.STEP(self, samples)
         losses = step.losses()
-        total = sum(self.loss_weights[name.split("_")[0]] * loss for name, loss in losses.items())
+        total = sum(self.loss_weight(name) * loss for name, loss in losses.items())
         return GlsclOutput(loss=total, intermediate_output=step.intermediate,
                            **{f"loss_{name}": loss for name, loss in losses.items()})
