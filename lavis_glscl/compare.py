@@ -2,8 +2,8 @@
 
 Every run trains and tests one registered model from the same base run yaml (same datasets, steps, batch,
 resolution), changed only by its ``options``, once per seed of ``seeds`` or of its own ``seeds`` (``run.seed``, plus
-the run's ``seed_options`` with ``{seed}`` filled in); ``plateau`` stops each training on a plateau rule instead of after a
-fixed step count (see :mod:`lavis_glscl.stopping`).  ``evaluations`` re-test a run's trained weights with other
+the run's ``seed_options`` with ``{seed}`` filled in); ``plateau`` stops each training on a plateau rule instead of
+after a fixed step count (see :mod:`lavis_glscl.stopping`).  ``evaluations`` re-test a run's trained weights with other
 options (e.g. a score normaliser); ``tests`` are other run yamls (other tasks and data, e.g. ALIGN-BENCH) every
 trained run is also tested with, their metrics joining the run's where it has none of that name.  Every metric is
 read from the ``evaluate.txt`` that LAVIS's own task evaluator wrote.

@@ -94,8 +94,7 @@ class GlsclConfig:
     embed_dim: int = 512
     itc_temperature: float = 0.07
     # ITC inside each batch group too (a clip against its time reversal), this times the ITC weight; 0: released ITC.
-    # Its temperature is fixed (None: ITC's learnable one): a lower one leaves the start, where a clip and its
-    # reversal embed alike and so do opposite captions, faster
+    # Its temperature: fixed, or ITC's learnable one when None
     itc_group_weight: float = 0.0
     itc_group_temperature: Optional[float] = None
     loss_weights: Dict[str, float] = field(default_factory=dict)
