@@ -8,6 +8,7 @@ autograd for every model and objective switch in this process; the torchrun test
 import itertools
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -123,3 +124,27 @@ def test_model_trains_under_two_process_torchrun_with_objectives_on_and_off(lavi
         assert expected.keys() == observed.keys(), name
         for key in expected:
             assert observed[key] == pytest.approx(expected[key], abs=1e-4), (name, key)
+
+
+@pytest.mark.slow
+def test_grouped_video_batches_with_partner_itm_and_group_itc_train_under_torchrun_as_in_one_process(lavis_glscl,
+                                                                                                     tmp_path):
+    """Clip/reversal groups split across two ranks (2 rows each): partner ITM negatives and ITC inside the groups
+    give at step 0 the losses of one process over the 4 rows."""
+    mixed_run = Path(__file__).parent / "configs" / "tiny_mixed_run.yaml"
+    video = "datasets.shapes_video_demo"
+    common = ["run.train_dataset_ratios=[0.0,1.0]", f"{video}.train_batch_group_size=2", "model.itm_negatives=partner",
+              "model.itc_group_weight=1.0", "model.itc_group_temperature=0.05", "run.iters_per_epoch=2",
+              "run.test_splits=[]", *DETERMINISTIC[:3], f"{video}.vis_processor.train.name=glscl_video_eval",
+              "model.mltc_image_gather=true"]
+    command = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(2), str(TRAIN_VARIANTS),
+               "--cfg-path", str(mixed_run), "--output-dir", str(tmp_path / "two"),
+               "--variant", "grouped", *common, "run.batch_size_train=2"]
+    result = subprocess.run(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:]
+    train_in_process(mixed_run, tmp_path / "one", [*common, "run.batch_size_train=4"])
+    expected, observed = step_losses(tmp_path / "one", 0, 0), step_losses(tmp_path / "two" / "grouped", 0, 0)
+    assert "loss_itc_group" in expected and expected.keys() == observed.keys()
+    for key in expected:
+        assert observed[key] == pytest.approx(expected[key], abs=1e-4), key
