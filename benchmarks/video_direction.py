@@ -16,7 +16,14 @@
    learnable direction "caption" embeddings that start at cosine 0.97 or 0.99 of each other (MiniLM's CLS features
    of opposite captions: 0.991), through the 2 x 2 contrast of a clip/reversal group (``group_contrastive_loss``)
    at temperature 0.07 or 0.03: how long the symmetric start holds when both sides must diverge together;
-7. negatives: the share of ITM pairs that contrast a clip with its reversal (or a caption with its opposite) under
+7. glscl_captions: the same 2 x 2 clip/reversal contrast inside GLSCL (the ``demo_video`` model's video tower,
+   bridge and ITC projection, batches of the shapes video demo with its training processor) against four kinds of
+   caption embedding: four learnable direction embeddings starting at cosine 0.97 or 0.5, the model's own trainable
+   ITC text embedding (MiniLM CLS, bridge, projection), and its mean of caption tokens held fixed (``--glscl-cases``),
+   with the demo's training processor or with fixed frames (``_fixed_frames``); logged as the
+   group loss (2 ln 2 = 1.386 while clip and reversal embed alike), the clip/reversal cosine and the cosine of the
+   two captions of a group;
+8. negatives: the share of ITM pairs that contrast a clip with its reversal (or a caption with its opposite) under
    each ``itm_negatives`` mode, for a batch of 32 grouped in clip/reversal pairs.
 
 Writes ``benchmarks/results/video_direction_<device>.json``.  Timings are per measurement, wall and CPU.
@@ -24,6 +31,7 @@ Writes ``benchmarks/results/video_direction_<device>.json``.  Timings are per me
 import argparse
 import json
 import resource
+import tempfile
 import time
 from typing import Dict, List, Tuple
 
@@ -212,6 +220,91 @@ def probe_captions(steps: List[int], seed: int = 0) -> Dict[str, dict]:
     return result
 
 
+DEMO_VIDEO = "projects/glscl/demo/pretrain_shapes_video.yaml"
+
+
+GLSCL_CASES = ("free_0.97", "free_0.5", "text_cls_trained", "text_mean_fixed", "free_0.97_fixed_frames",
+               "text_mean_fixed_fixed_frames")
+# "_fixed_frames": the clips go through the eval processor in training too (the middle frame of each segment, no crop),
+# so a clip and its reversal differ (almost) only in frame order, not in independently drawn frames and crops.
+FIXED_FRAMES = "datasets.shapes_video_demo.vis_processor.train.name=glscl_video_eval"
+
+
+def glscl_captions(steps: List[int], cases: List[str], seed: int = 0) -> Dict[str, dict]:
+    from lavis_glscl.launch import build_runner, parse_args, setup_or_exit
+
+    result = {}
+    for fixed_frames in (False, True):
+        chosen = [case for case in cases if case.endswith("_fixed_frames") == fixed_frames]
+        if not chosen:
+            continue
+        with tempfile.TemporaryDirectory() as output_dir:
+            cfg = setup_or_exit(parse_args("video_direction", [
+                "--cfg-path", DEMO_VIDEO, "--options", "run.train_dataset_ratios=[0.0,1.0]",
+                f"run.output_dir={output_dir}", f"run.iters_per_epoch={max(steps)}", f"run.seed={seed}",
+                *([FIXED_FRAMES] if fixed_frames else [])]))
+            runner = build_runner(cfg)
+            model, batches = runner.model, runner.train_loader
+            start = {name: value.clone() for name, value in model.state_dict().items()}
+            for case in chosen:
+                model.load_state_dict(start)
+                torch.manual_seed(seed)
+                result[case] = _group_contrast_in_glscl(model, batches.epoch(0), case, steps)
+    return result
+
+
+def direction_label(caption: str) -> int:
+    """The index into ``DIRECTIONS`` of a shapes motion caption ("a small red circle moves to the left" → 0)."""
+    return next(index for index, name in enumerate(DIRECTIONS) if caption.endswith(SHAPES_DIRECTIONS[name]))
+
+
+def _group_contrast_in_glscl(model, batches, case: str, steps: List[int]) -> dict:
+    """Train the GLSCL video tower (and, for ``text_cls_trained``, the text tower) on the clip/reversal contrast
+    alone, at the demo's learning rates held constant; log the group loss and the two pair cosines."""
+    name, case = case, case.replace("_fixed_frames", "")
+    captions = None
+    if case.startswith("free"):
+        start_cosine, width = float(case.split("_")[1]), model.config.embed_dim
+        common, spread = torch.randn(1, width), torch.randn(len(DIRECTIONS), width)
+        spread = spread / spread.norm(dim=1, keepdim=True) * common.norm() * (1 - start_cosine) ** 0.5
+        captions = torch.nn.Parameter(common + spread)
+    groups = model.get_optimizer_params(0.01)
+    for group in groups:
+        group["lr"] = 1e-4 * group["lr_scale"]
+    extra = [{"params": [captions], "lr": 1e-4, "weight_decay": 0.0}] if captions is not None else []
+    optimizer = torch.optim.AdamW(groups + extra)
+    model.train()
+    log, recent = {}, []
+    with Timer() as timer:
+        for step, samples in enumerate(batches, start=1):
+            videos = samples["video"]
+            video = model.image_embedding(model.encode_image(videos), videos.shape[1])
+            if captions is not None:
+                text = captions[[direction_label(caption) for caption in samples["text_input"]]]
+            else:
+                batch = model.tokenize(samples["text_input"])
+                tokens = model.encode_text(batch.input_ids, batch.attention_mask)
+                if case == "text_cls_trained":
+                    text = model.text_embedding(tokens)
+                else:
+                    mask = batch.attention_mask[..., None].float()
+                    text = model.language_proj((tokens * mask).sum(1) / mask.sum(1)).detach()
+            loss = objectives.group_contrastive_loss(video, text, 2, 0.07)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            recent = (recent + [loss.item()])[-25:]
+            if step in steps:
+                video, text = F.normalize(video.detach(), dim=-1), F.normalize(text.detach(), dim=-1)
+                log[step] = {"group_loss_last_25": sum(recent) / len(recent),
+                             "clip_reversal_cosine": float((video[0::2] * video[1::2]).sum(-1).mean()),
+                             "caption_pair_cosine": float((text[0::2] * text[1::2]).sum(-1).mean())}
+                print(f"GLSCL group contrast, {name}, step {step}: {log[step]}", flush=True)
+            if step == max(steps):
+                break
+    return {"after_steps": log, "wall_s": timer.wall, "cpu_s": timer.cpu}
+
+
 @torch.no_grad()
 def text_similarity(pairs: int = 64) -> Dict[str, float]:
     """Mean cosine of MiniLM's mean-pooled and CLS sentence features, over caption pairs differing only in
@@ -273,6 +366,7 @@ PARTS = {
     "probe_size": lambda args: probe_size(sorted(args.steps)),
     "probe_shapes": lambda args: probe_shapes(sorted(args.shapes_steps)),
     "probe_captions": lambda args: probe_captions(sorted(args.shapes_steps)),
+    "glscl_captions": lambda args: glscl_captions(sorted(args.shapes_steps), args.glscl_cases),
 }
 
 
@@ -284,6 +378,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny step counts, one seed: a smoke run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (tiny models: 1 is fastest)")
     parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS), help="measurements to run")
+    parser.add_argument("--glscl-cases", nargs="+", choices=GLSCL_CASES, default=list(GLSCL_CASES),
+                        help="caption kinds of the glscl_captions part")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -294,6 +390,7 @@ def main():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     parts = "" if set(args.parts) == set(PARTS) else "_" + "_".join(args.parts)
+    parts += "" if set(args.glscl_cases) == set(GLSCL_CASES) else "_" + "_".join(args.glscl_cases)
     path = RESULTS_DIR / f"video_direction_{device}{parts}{'_quick' if args.quick else ''}.json"
     path.write_text(json.dumps(results, indent=2, default=float))
     print(f"written {path}")

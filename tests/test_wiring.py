@@ -449,6 +449,26 @@ def test_itc_group_contrasts_each_clip_with_its_group_partners_caption_only_in_g
     assert tiny("glscl_pretrain", loss_weights={"itc": 2.0})(batch).loss_itc_group is None
 
 
+def test_itc_group_detach_text_trains_only_the_visual_side_with_the_group_term(lavis_glscl):
+    """``itc_group_detach_text``: the same group loss value, whose gradient reaches the video tower and its ITC
+    projection but no text parameter (with it off, the text tower gets one)."""
+    batch = {**tiny_batch(batch_size=4, frames=2, seed=9), "batch_group_size": 2}
+    grads = {}
+    for detach in (False, True):
+        model = tiny("glscl_pretrain", loss_weights={"itc": 1.0}, itc_group_weight=1.0, itc_group_detach_text=detach)
+        loss = model(batch).loss_itc_group
+        loss.backward()
+        grads[detach] = (loss.item(), {name: param.grad for name, param in model.named_parameters()})
+    (attached_loss, attached), (detached_loss, detached) = grads[False], grads[True]
+    assert detached_loss == pytest.approx(attached_loss, rel=1e-6)
+    text_names = [name for name in detached if name.startswith(("text_transformer.encoder", "language_proj"))]
+    vision_names = [name for name in detached if name.startswith(("vision_transformer.transformer", "vision_proj"))]
+    assert text_names and vision_names
+    assert all(detached[name] is None or not detached[name].any() for name in text_names)
+    assert any(attached[name] is not None and attached[name].abs().sum() > 0 for name in text_names)
+    for name in vision_names:
+        assert torch.allclose(detached[name], attached[name], atol=1e-7), name
+
 def test_rank_loss_scores_the_own_caption_as_candidate_0_and_targets_it(lavis_glscl):
     negatives, batch_size = 3, 6
     model = tiny("glscl_retrieval", loss_weights={"rank": 1.0, "itc": 0.5}, rank_negatives=negatives)

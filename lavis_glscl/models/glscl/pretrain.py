@@ -167,8 +167,9 @@ class PretrainingStep:
         its time reversal and a caption against its opposite direction, which the batch-wide ITC hardly weighs
         while the batch's other clips still differ in what they show."""
         temperature = self.config.itc_group_temperature or self.model.cl_temp
-        return objectives.group_contrastive_loss(self.intermediate.image_feat, self.intermediate.text_feat,
-                                                 self.group_size, temperature)
+        text_feat = self.intermediate.text_feat
+        text_feat = text_feat.detach() if self.config.itc_group_detach_text else text_feat
+        return objectives.group_contrastive_loss(self.intermediate.image_feat, text_feat, self.group_size, temperature)
 
     def itm(self) -> torch.Tensor:
         """ITM with negatives from the global batch: random (half the rows, as the released code), hard, or the group
