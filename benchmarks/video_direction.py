@@ -175,6 +175,20 @@ def probe_shapes(steps: List[int], seed: int = 0) -> Dict[str, dict]:
     return result
 
 
+def direction_captions(start_cosine: float, width: int) -> torch.nn.Parameter:
+    """Four learnable direction "caption" embeddings ``[4, width]``: equal-norm offsets from a shared random vector,
+    pairwise cosine about ``start_cosine``."""
+    common, spread = torch.randn(1, width), torch.randn(len(DIRECTIONS), width)
+    spread = spread / spread.norm(dim=1, keepdim=True) * common.norm() * (1 - start_cosine) ** 0.5
+    return torch.nn.Parameter(common + spread)
+
+
+def masked_mean(tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the caption tokens ``[B, L, D]`` where ``attention_mask`` ``[B, L]`` is 1: ``[B, D]``."""
+    mask = attention_mask[..., None].float()
+    return (tokens * mask).sum(1) / mask.sum(1)
+
+
 def probe_captions(steps: List[int], seed: int = 0) -> Dict[str, dict]:
     reversed_direction = torch.tensor([DIRECTIONS.index(name) for name in ("right", "left", "down", "up")])
     sample = shapes_clips(CURRENT, 32)
@@ -184,10 +198,7 @@ def probe_captions(steps: List[int], seed: int = 0) -> Dict[str, dict]:
         torch.manual_seed(seed)
         vit = VisionTransformer(image_size=32, patch_size=8, width=128, layers=4, heads=2, max_frames=8)
         projection = torch.nn.Linear(128, 64)
-        common, spread = torch.randn(1, 64), torch.randn(len(DIRECTIONS), 64)
-        # equal-norm offsets from a shared vector: pairwise cosine about start_cosine
-        spread = spread / spread.norm(dim=1, keepdim=True) * common.norm() * (1 - start_cosine) ** 0.5
-        captions = torch.nn.Parameter(common + spread)
+        captions = direction_captions(start_cosine, 64)
         optimizer = torch.optim.AdamW([*vit.parameters(), *projection.parameters()], lr=5e-4, weight_decay=0.01)
         caption_optimizer = torch.optim.AdamW([captions], lr=1e-4)
         generator = torch.Generator().manual_seed(seed)
@@ -262,12 +273,8 @@ def _group_contrast_in_glscl(model, batches, case: str, steps: List[int]) -> dic
     """Train the GLSCL video tower (and, for ``text_cls_trained``, the text tower) on the clip/reversal contrast
     alone, at the demo's learning rates held constant; log the group loss and the two pair cosines."""
     name, case = case, case.replace("_fixed_frames", "")
-    captions = None
-    if case.startswith("free"):
-        start_cosine, width = float(case.split("_")[1]), model.config.embed_dim
-        common, spread = torch.randn(1, width), torch.randn(len(DIRECTIONS), width)
-        spread = spread / spread.norm(dim=1, keepdim=True) * common.norm() * (1 - start_cosine) ** 0.5
-        captions = torch.nn.Parameter(common + spread)
+    free = case.startswith("free")
+    captions = direction_captions(float(case.split("_")[1]), model.config.embed_dim) if free else None
     groups = model.get_optimizer_params(0.01)
     for group in groups:
         group["lr"] = 1e-4 * group["lr_scale"]
@@ -287,8 +294,7 @@ def _group_contrast_in_glscl(model, batches, case: str, steps: List[int]) -> dic
                 if case == "text_cls_trained":
                     text = model.text_embedding(tokens)
                 else:
-                    mask = batch.attention_mask[..., None].float()
-                    text = model.language_proj((tokens * mask).sum(1) / mask.sum(1)).detach()
+                    text = model.language_proj(masked_mean(tokens, batch.attention_mask)).detach()
             loss = objectives.group_contrastive_loss(video, text, 2, 0.07)
             optimizer.zero_grad()
             loss.backward()
@@ -330,8 +336,7 @@ def text_similarity(pairs: int = 64) -> Dict[str, float]:
             for side in range(2):
                 tokens = tokenizer([p[side] for p in caption_pairs], padding=True, return_tensors="pt")
                 hidden = model(**tokens).last_hidden_state
-                mask = tokens.attention_mask[..., None].float()
-                features.append(hidden[:, 0] if pooling == "cls" else (hidden * mask).sum(1) / mask.sum(1))
+                features.append(hidden[:, 0] if pooling == "cls" else masked_mean(hidden, tokens.attention_mask))
             result[f"{kind}_{pooling}"] = float(F.cosine_similarity(*features).mean())
     print(f"caption encoder cosine: {result}", flush=True)
     return result

@@ -469,6 +469,7 @@ def test_itc_group_detach_text_trains_only_the_visual_side_with_the_group_term(l
     for name in vision_names:
         assert torch.allclose(detached[name], attached[name], atol=1e-7), name
 
+
 def test_rank_loss_scores_the_own_caption_as_candidate_0_and_targets_it(lavis_glscl):
     negatives, batch_size = 3, 6
     model = tiny("glscl_retrieval", loss_weights={"rank": 1.0, "itc": 0.5}, rank_negatives=negatives)
