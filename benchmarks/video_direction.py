@@ -20,9 +20,9 @@
    bridge and ITC projection, batches of the shapes video demo with its training processor) against four kinds of
    caption embedding: four learnable direction embeddings starting at cosine 0.97 or 0.5, the model's own trainable
    ITC text embedding (MiniLM CLS, bridge, projection), and its mean of caption tokens held fixed (``--glscl-cases``),
-   with the demo's training processor or with fixed frames (``_fixed_frames``); logged as the
-   group loss (2 ln 2 = 1.386 while clip and reversal embed alike), the clip/reversal cosine and the cosine of the
-   two captions of a group;
+   with the demo's training processor, its middle frames (``_middle_frames``) or fixed frames (``_fixed_frames``);
+   logged as the group loss (2 ln 2 = 1.386 while clip and reversal embed alike), the clip/reversal cosine and the
+   cosine of the two captions of a group;
 8. negatives: the share of ITM pairs that contrast a clip with its reversal (or a caption with its opposite) under
    each ``itm_negatives`` mode, for a batch of 32 grouped in clip/reversal pairs.
 
@@ -234,26 +234,36 @@ def probe_captions(steps: List[int], seed: int = 0) -> Dict[str, dict]:
 DEMO_VIDEO = "projects/glscl/demo/pretrain_shapes_video.yaml"
 
 
+# How the training clips are read, by case suffix.  "": the demo's training processor (a random frame per segment
+# and a crop; drawn once per clip/reversal pair).  "_middle_frames": the same with each segment's middle frame, so a
+# pair differs (almost) only in frame order.  "_fixed_frames": the eval processor in training too (middle frames, no
+# crop).
+FRAME_MODES = {
+    "": [],
+    "_middle_frames": ["datasets.shapes_video_demo.vis_processor.train.sampling=middle"],
+    "_fixed_frames": ["datasets.shapes_video_demo.vis_processor.train.name=glscl_video_eval"],
+}
 GLSCL_CASES = ("free_0.97", "free_0.5", "text_cls_trained", "text_mean_fixed", "free_0.97_fixed_frames",
-               "text_mean_fixed_fixed_frames")
-# "_fixed_frames": the clips go through the eval processor in training too (the middle frame of each segment, no crop),
-# so a clip and its reversal differ (almost) only in frame order, not in independently drawn frames and crops.
-FIXED_FRAMES = "datasets.shapes_video_demo.vis_processor.train.name=glscl_video_eval"
+               "text_mean_fixed_fixed_frames", "free_0.97_middle_frames", "text_cls_trained_middle_frames")
+
+
+def frame_mode(case: str) -> str:
+    return next((suffix for suffix in FRAME_MODES if suffix and case.endswith(suffix)), "")
 
 
 def glscl_captions(steps: List[int], cases: List[str], seed: int = 0) -> Dict[str, dict]:
     from lavis_glscl.launch import build_runner, parse_args, setup_or_exit
 
     result = {}
-    for fixed_frames in (False, True):
-        chosen = [case for case in cases if case.endswith("_fixed_frames") == fixed_frames]
+    for mode, mode_options in FRAME_MODES.items():
+        chosen = [case for case in cases if frame_mode(case) == mode]
         if not chosen:
             continue
         with tempfile.TemporaryDirectory() as output_dir:
             cfg = setup_or_exit(parse_args("video_direction", [
                 "--cfg-path", DEMO_VIDEO, "--options", "run.train_dataset_ratios=[0.0,1.0]",
                 f"run.output_dir={output_dir}", f"run.iters_per_epoch={max(steps)}", f"run.seed={seed}",
-                *([FIXED_FRAMES] if fixed_frames else [])]))
+                *mode_options]))
             runner = build_runner(cfg)
             model, batches = runner.model, runner.train_loader
             start = {name: value.clone() for name, value in model.state_dict().items()}
@@ -272,7 +282,7 @@ def direction_label(caption: str) -> int:
 def _group_contrast_in_glscl(model, batches, case: str, steps: List[int]) -> dict:
     """Train the GLSCL video tower (and, for ``text_cls_trained``, the text tower) on the clip/reversal contrast
     alone, at the demo's learning rates held constant; log the group loss and the two pair cosines."""
-    name, case = case, case.replace("_fixed_frames", "")
+    name, case = case, case[:len(case) - len(frame_mode(case))]
     free = case.startswith("free")
     captions = direction_captions(float(case.split("_")[1]), model.config.embed_dim) if free else None
     groups = model.get_optimizer_params(0.01)

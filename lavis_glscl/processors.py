@@ -6,9 +6,10 @@ RandomResizedCrop (scale 0.8-1.0, bicubic) and a horizontal flip, as GLSCL pre-t
 
 Video processors take a file path and always return exactly ``n_frms`` frames ``[F, 3, S, S]`` (LAVIS's
 ALPRO processors return fewer for short clips and odd counts): training draws one random frame from each
-of F equal segments, evaluation takes each segment's middle frame; a short clip repeats frames.  Frames are
-resized while decoding; crop and flip are the same for every frame.  ``layout: cthw`` returns ``[3, F, S, S]``
-instead, the layout of LAVIS's ALPRO processors and its TimeSformer (``alpro_retrieval_offline``).
+of F equal segments (or takes the middle one, ``sampling: middle``), evaluation takes each segment's middle frame;
+a short clip repeats frames.  Frames are resized while decoding; crop and flip are the same for every frame.
+``layout: cthw`` returns ``[3, F, S, S]`` instead, the layout of LAVIS's ALPRO processors and its TimeSformer
+(``alpro_retrieval_offline``).
 """
 import logging
 import random
@@ -33,20 +34,28 @@ class VideoDecodeError(ValueError):
 DECORD_ERRORS = (decord.DECORDError, RuntimeError)
 
 
+FRAME_SAMPLINGS = ("random", "middle")
+
+
+def check_sampling(sampling: str) -> str:
+    if sampling not in FRAME_SAMPLINGS:
+        raise ValueError(f"frame sampling must be one of {FRAME_SAMPLINGS}, got {sampling!r}")
+    return sampling
+
+
 def frame_indices(num_video_frames: int, num_frames: int, sampling: str = "middle") -> List[int]:
     """``num_frames`` frame indices into a clip of ``num_video_frames``: one per equal segment, drawn at random
     inside it (``"random"``) or at its middle (``"middle"``).  Shorter clips repeat frames."""
     if num_video_frames < 1:
         raise VideoDecodeError("the video has no frames")
+    check_sampling(sampling)
     edges = np.linspace(0, num_video_frames, num_frames + 1)
     if sampling == "random":
         starts = np.floor(edges[:-1])
         widths = np.maximum(np.floor(edges[1:]) - starts, 1)
         indices = starts + np.floor(np.array([random.random() for _ in range(num_frames)]) * widths)
-    elif sampling == "middle":
-        indices = np.floor((edges[:-1] + edges[1:]) / 2)
     else:
-        raise ValueError(f"sampling must be 'random' or 'middle', got {sampling!r}")
+        indices = np.floor((edges[:-1] + edges[1:]) / 2)
     return np.minimum(indices, num_video_frames - 1).astype(int).tolist()
 
 
@@ -162,17 +171,21 @@ class GlsclVideoProcessor(BlipImageBaseProcessor):
 
 @registry.register_processor("glscl_video_train")
 class GlsclVideoTrainProcessor(GlsclVideoProcessor):
-    """Random frame per segment, then RandomResizedCrop + horizontal flip shared by all frames."""
+    """Random frame per segment (``sampling: middle``: each segment's middle frame, as in evaluation), then
+    RandomResizedCrop + horizontal flip shared by all frames.
 
-    sampling = "random"
+    ``middle`` is for clips paired with their time reversal: random frames of a clip and of its reversal are not each
+    other's reverse even with the same draws, and that jitter hides the order difference from a tower being trained
+    (README, "Video that knows time")."""
 
     def __init__(self, image_size=224, n_frms=4, min_scale=0.8, max_scale=1.0, hflip_prob=0.5, mean=None, std=None,
-                 layout="tchw"):
+                 layout="tchw", sampling="random"):
         super().__init__(image_size, n_frms, mean, std, transforms.Compose([
             transforms.RandomResizedCrop(image_size, scale=(min_scale, max_scale),
                                          interpolation=InterpolationMode.BICUBIC, antialias=True),
             transforms.RandomHorizontalFlip(p=hflip_prob),
         ]), layout)
+        self.sampling = check_sampling(sampling)
 
     @classmethod
     def from_config(cls, cfg=None):
@@ -180,7 +193,7 @@ class GlsclVideoTrainProcessor(GlsclVideoProcessor):
         return cls(image_size=cfg.get("image_size", 224), n_frms=cfg.get("n_frms", 4),
                    min_scale=cfg.get("min_scale", 0.8), max_scale=cfg.get("max_scale", 1.0),
                    hflip_prob=cfg.get("hflip_prob", 0.5), mean=cfg.get("mean", None), std=cfg.get("std", None),
-                   layout=cfg.get("layout", "tchw"))
+                   layout=cfg.get("layout", "tchw"), sampling=cfg.get("sampling", "random"))
 
 
 @registry.register_processor("glscl_video_eval")

@@ -1,6 +1,7 @@
 """The video path: frame sampling, decoding, the flexible encoder with F frames, video data and datasets."""
 import importlib.util
 import json
+import random
 from pathlib import Path
 
 import decord
@@ -144,6 +145,42 @@ def test_corrupt_videos_are_skipped_and_counted(clips, tmp_path):
                                     [str(tmp_path / "test.json")])
     assert {k: len(v) for k, v in gallery.dropped.items()} == {"unreadable file": 2}
     assert gallery.image == ["odd.mp4"] and gallery[0]["video"].shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("sampling, same_frames", [("middle", True), ("random", False)])
+def test_train_processor_can_take_the_middle_frames_with_a_random_crop(clips, sampling, same_frames):
+    processor = GlsclVideoTrainProcessor(image_size=32, n_frms=4, hflip_prob=0.0, sampling=sampling)
+    outputs = []
+    for python_seed in (0, 1):  # Python's random draws the frames, torch's the crop
+        random.seed(python_seed)
+        torch.manual_seed(0)
+        outputs.append(processor(str(clips / "long.mp4")))
+    assert torch.equal(*outputs) is same_frames
+    with pytest.raises(ValueError, match="frame sampling"):
+        GlsclVideoTrainProcessor(sampling="first")
+
+
+def test_members_of_a_batch_group_share_their_frames_crop_and_flip(clips, tmp_path):
+    train = [{"video": "long.mp4", "caption": caption} for caption in "abcd"]
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    processor = GlsclVideoTrainProcessor(image_size=32, n_frms=4, min_scale=0.3, hflip_prob=0.5)
+    dataset = VideoCaptionDataset(processor, GlsclCaptionProcessor(), str(clips), [str(tmp_path / "train.json")])
+    random.seed(0)
+    torch.manual_seed(0)
+    independent = [dataset[i]["video"] for i in range(4)]
+    assert not torch.equal(independent[0], independent[1])
+    dataset.batch_group_size = 2
+
+    def load_grouped():
+        random.seed(0)
+        torch.manual_seed(0)
+        return [dataset[i]["video"] for i in range(4)], random.random(), torch.rand(1).item()
+
+    grouped, *next_draws = load_grouped()
+    assert torch.equal(grouped[0], grouped[1]) and torch.equal(grouped[2], grouped[3])
+    assert not torch.equal(grouped[0], grouped[2])
+    again, *next_draws_again = load_grouped()
+    assert all(torch.equal(a, b) for a, b in zip(grouped, again)) and next_draws == next_draws_again
 
 
 def test_shapes_video_pairs_are_time_reversals_with_opposite_captions(tmp_path):

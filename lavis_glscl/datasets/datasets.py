@@ -5,12 +5,15 @@ image or video that does not decode) are dropped when the dataset is built and c
 A training image or video that fails to decode at load time is replaced by the next readable sample, and
 the sample carries ``num_skipped`` = 1 so the runner can count skips per epoch across workers and ranks.
 """
+import contextlib
 import logging
 import os
+import random
 from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import decord
+import torch
 from lavis.datasets.datasets.base_dataset import BaseDataset
 from lavis.datasets.datasets.retrieval_datasets import RetrievalEvalDataset, VideoRetrievalEvalDataset
 from PIL import Image
@@ -42,6 +45,20 @@ def video_decodes(path: str) -> bool:
         return len(reader) > 0
     except (*DECORD_ERRORS, *LOAD_ERRORS):
         return False
+
+
+@contextlib.contextmanager
+def seeded_draws(seed: int) -> Iterator[None]:
+    """Python's and torch's global random draws inside the block (frame sampling, crop, flip) come from ``seed``;
+    outside it both streams go on as if the block had drawn nothing."""
+    python_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        torch.default_generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
 
 
 class AnnotationFilterMixin:
@@ -103,6 +120,11 @@ class CaptionPairDataset(AnnotationFilterMixin, BaseDataset):
 
     Samples: the processed media under ``media_key``, ``text_input``, ``image_id`` (contiguous int; samples
     sharing it are never each other's negatives), ``instance_id`` and ``num_skipped``.
+
+    With ``batch_group_size`` g > 1 the members of a group (annotations ``[k g, (k + 1) g)``, loaded one after the
+    other into one batch) share their random augmentation: the same frame offsets, crop and flip, so a clip and its
+    time reversal differ only in order.  Drawn independently, the two differ more by their crops and frames than by
+    their direction, and a tower trained on them does not learn order (README, "Video that knows time").
     """
 
     max_replacements = 100
@@ -113,6 +135,7 @@ class CaptionPairDataset(AnnotationFilterMixin, BaseDataset):
         self.image_ids: Dict[str, int] = {}
         for ann in self.annotation:
             self.image_ids.setdefault(self._group(ann), len(self.image_ids))
+        self._group_draw = None  # (group index, augmentation seed) of the group being loaded
 
     def _group(self, ann: dict) -> str:
         return str(ann.get("image_id", ann[self.media_key]))
@@ -121,6 +144,19 @@ class CaptionPairDataset(AnnotationFilterMixin, BaseDataset):
         raise NotImplementedError
 
     def __getitem__(self, index):
+        if self.batch_group_size == 1:
+            return self._load(index)
+        with seeded_draws(self._group_seed(index)):
+            return self._load(index)
+
+    def _group_seed(self, index: int) -> int:
+        """The augmentation seed of ``index``'s group: drawn from the global stream by the group's first member."""
+        group = index // self.batch_group_size
+        if index % self.batch_group_size == 0 or self._group_draw is None or self._group_draw[0] != group:
+            self._group_draw = (group, random.getrandbits(63))
+        return self._group_draw[1]
+
+    def _load(self, index: int) -> dict:
         for offset in range(min(len(self), self.max_replacements)):
             ann = self.annotation[(index + offset) % len(self)]
             path = os.path.join(self.vis_root, ann[self.media_key])
