@@ -122,9 +122,10 @@ class CaptionPairDataset(AnnotationFilterMixin, BaseDataset):
     sharing it are never each other's negatives), ``instance_id`` and ``num_skipped``.
 
     With ``batch_group_size`` g > 1 the members of a group (annotations ``[k g, (k + 1) g)``, loaded one after the
-    other into one batch) share their random augmentation: the same frame offsets, crop and flip, so a clip and its
-    time reversal differ only in order.  Drawn independently, the two differ more by their crops and frames than by
-    their direction, and a tower trained on them does not learn order (README, "Video that knows time").
+    other into one batch) share their random augmentation: the same frame offsets, crop and flip.  Drawn
+    independently, a clip and its time reversal differ more by their crops and frames than by their direction, and a
+    tower trained on them does not learn order; with shared draws and the video processor's ``sampling: middle``
+    they differ only in order (README, "Video that knows time").
     """
 
     max_replacements = 100
