@@ -17,12 +17,12 @@
    of opposite captions: 0.991), through the 2 x 2 contrast of a clip/reversal group (``group_contrastive_loss``)
    at temperature 0.07 or 0.03: how long the symmetric start holds when both sides must diverge together;
 7. glscl_captions: the same 2 x 2 clip/reversal contrast inside GLSCL (the ``demo_video`` model's video tower,
-   bridge and ITC projection, batches of the shapes video demo with its training processor) against four kinds of
+   bridge and ITC projection, batches of the shapes video demo with its training processor) against these kinds of
    caption embedding: four learnable direction embeddings starting at cosine 0.97 or 0.5, the model's own trainable
-   ITC text embedding (MiniLM CLS, bridge, projection), and its mean of caption tokens held fixed (``--glscl-cases``),
-   with the demo's training processor, its middle frames (``_middle_frames``) or fixed frames (``_fixed_frames``);
-   logged as the group loss (2 ln 2 = 1.386 while clip and reversal embed alike), the clip/reversal cosine and the
-   cosine of the two captions of a group;
+   ITC text embedding (MiniLM CLS, bridge, projection), and its mean of caption tokens held fixed or trained
+   (``--glscl-cases``), with the demo's training processor, its middle frames (``_middle_frames``) or fixed frames
+   (``_fixed_frames``); logged as the group loss (2 ln 2 = 1.386 while clip and reversal embed alike), the
+   clip/reversal cosine and the cosine of the two captions of a group;
 8. negatives: the share of ITM pairs that contrast a clip with its reversal (or a caption with its opposite) under
    each ``itm_negatives`` mode, for a batch of 32 grouped in clip/reversal pairs.
 
@@ -244,7 +244,8 @@ FRAME_MODES = {
     "_fixed_frames": ["datasets.shapes_video_demo.vis_processor.train.name=glscl_video_eval"],
 }
 GLSCL_CASES = ("free_0.97", "free_0.5", "text_cls_trained", "text_mean_fixed", "free_0.97_fixed_frames",
-               "text_mean_fixed_fixed_frames", "free_0.97_middle_frames", "text_cls_trained_middle_frames")
+               "text_mean_fixed_fixed_frames", "free_0.97_middle_frames", "text_cls_trained_middle_frames",
+               "text_mean_trained_middle_frames")
 
 
 def frame_mode(case: str) -> str:
@@ -280,7 +281,7 @@ def direction_label(caption: str) -> int:
 
 
 def _group_contrast_in_glscl(model, batches, case: str, steps: List[int]) -> dict:
-    """Train the GLSCL video tower (and, for ``text_cls_trained``, the text tower) on the clip/reversal contrast
+    """Train the GLSCL video tower (and, for ``text_*_trained``, the text tower) on the clip/reversal contrast
     alone, at the demo's learning rates held constant; log the group loss and the two pair cosines."""
     name, case = case, case[:len(case) - len(frame_mode(case))]
     free = case.startswith("free")
@@ -304,7 +305,8 @@ def _group_contrast_in_glscl(model, batches, case: str, steps: List[int]) -> dic
                 if case == "text_cls_trained":
                     text = model.text_embedding(tokens)
                 else:
-                    text = model.language_proj(masked_mean(tokens, batch.attention_mask)).detach()
+                    text = model.language_proj(masked_mean(tokens, batch.attention_mask))
+                    text = text if case == "text_mean_trained" else text.detach()
             loss = objectives.group_contrastive_loss(video, text, 2, 0.07)
             optimizer.zero_grad()
             loss.backward()
