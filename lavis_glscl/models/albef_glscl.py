@@ -22,7 +22,7 @@ from lavis.models.vit import VisionTransformerEncoder
 from torch import nn
 
 from lavis_glscl.models import objectives
-from lavis_glscl.models.glscl.config import loss_weights_for
+from lavis_glscl.models.glscl.config import loss_weights_for, objective_of
 from lavis_glscl.models.lavis_baselines import AlbefPretrainOffline
 from lavis_glscl.models.masking import keep_patch_indices, mgsc_text_mask
 from lavis_glscl.paths import config_path
@@ -76,7 +76,7 @@ class AlbefGlsclPretrain(AlbefPretrainOffline):
                                                 albef.intermediate_output.image_embeds,
                                                 albef.intermediate_output.text_embeds)
             losses.update({f"loss_{name}": loss for name, loss in completion.items()})
-            extra = sum(self.loss_weights[name.split("_")[0]] * loss for name, loss in completion.items())
+            extra = sum(self.loss_weights[objective_of(name)] * loss for name, loss in completion.items())
         else:
             extra = 0.0
         return {"loss": albef.loss + extra, **losses}

@@ -25,6 +25,11 @@ def build_dataclass(cls, options: Optional[Mapping], where: str):
     return cls(**options)
 
 
+def objective_of(loss_name: str) -> str:
+    """The objective a logged loss belongs to, whose weight it takes (``mgsc_image`` → ``mgsc``)."""
+    return loss_name.split("_")[0]
+
+
 def loss_weights_for(known: Sequence[str], given: Optional[Mapping[str, float]]) -> Dict[str, float]:
     """Every objective in ``known`` with its weight from ``given`` (0 when absent); unknown names are refused."""
     unknown = set(given or {}) - set(known)

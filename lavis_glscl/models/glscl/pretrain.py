@@ -25,6 +25,7 @@ from lavis.common.registry import registry
 from lavis_glscl.distributed import all_gather_no_grad, all_gather_with_grad, all_reduce_sum, world
 from lavis_glscl.models import objectives
 from lavis_glscl.models.glscl.base import GlsclBase
+from lavis_glscl.models.glscl.config import objective_of
 from lavis_glscl.models.glscl.outputs import GlsclIntermediateOutput, GlsclOutput
 from lavis_glscl.models.masking import keep_patch_indices, mgsc_text_mask, mlm_mask, patch_token_mask
 from lavis_glscl.models.negatives import (forbidden_negatives, group_partners, hard_negatives, negative_rows,
@@ -327,7 +328,7 @@ class GlsclPretrain(GlsclBase):
 
     def loss_weight(self, loss_name: str) -> float:
         """The weight of a loss of :meth:`PretrainingStep.losses` (``mgsc_image`` → MGSC's) in the total."""
-        weight = self.loss_weights[loss_name.split("_")[0]]
+        weight = self.loss_weights[objective_of(loss_name)]
         return weight * self.config.itc_group_weight if loss_name == "itc_group" else weight
 
     def forward(self, samples: dict) -> GlsclOutput:
