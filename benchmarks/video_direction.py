@@ -283,7 +283,7 @@ def direction_label(caption: str) -> int:
 def _group_contrast_in_glscl(model, batches, case: str, steps: List[int]) -> dict:
     """Train the GLSCL video tower (and, for ``text_*_trained``, the text tower) on the clip/reversal contrast
     alone, at the demo's learning rates held constant; log the group loss and the two pair cosines."""
-    name, case = case, case[:len(case) - len(frame_mode(case))]
+    name, case = case, case.removesuffix(frame_mode(case))
     free = case.startswith("free")
     captions = direction_captions(float(case.split("_")[1]), model.config.embed_dim) if free else None
     groups = model.get_optimizer_params(0.01)
