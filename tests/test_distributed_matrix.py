@@ -129,12 +129,13 @@ def test_model_trains_under_two_process_torchrun_with_objectives_on_and_off(lavi
 @pytest.mark.slow
 def test_grouped_video_batches_with_partner_itm_and_group_itc_train_under_torchrun_as_in_one_process(lavis_glscl,
                                                                                                      tmp_path):
-    """Clip/reversal groups split across two ranks (2 rows each): partner ITM negatives and ITC inside the groups
-    give at step 0 the losses of one process over the 4 rows."""
+    """Clip/reversal groups split across two ranks (2 rows each): partner ITM negatives, ITC inside the groups (its
+    text side detached) and the caption hinge give at step 0 the losses of one process over the 4 rows."""
     mixed_run = Path(__file__).parent / "configs" / "tiny_mixed_run.yaml"
     video = "datasets.shapes_video_demo"
     common = ["run.train_dataset_ratios=[0.0,1.0]", f"{video}.train_batch_group_size=2", "model.itm_negatives=partner",
-              "model.itc_group_weight=1.0", "model.itc_group_temperature=0.05", "run.iters_per_epoch=2",
+              "model.itc_group_weight=1.0", "model.itc_group_temperature=0.05", "model.itc_group_text_margin=-0.5",
+              "model.itc_group_detach_text=true", "run.iters_per_epoch=2",
               "run.test_splits=[]", *DETERMINISTIC[:3], f"{video}.vis_processor.train.name=glscl_video_eval",
               "model.mltc_image_gather=true"]
     command = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(2), str(TRAIN_VARIANTS),
@@ -145,6 +146,6 @@ def test_grouped_video_batches_with_partner_itm_and_group_itc_train_under_torchr
     assert result.returncode == 0, result.stdout[-4000:]
     train_in_process(mixed_run, tmp_path / "one", [*common, "run.batch_size_train=4"])
     expected, observed = step_losses(tmp_path / "one", 0, 0), step_losses(tmp_path / "two" / "grouped", 0, 0)
-    assert "loss_itc_group" in expected and expected.keys() == observed.keys()
+    assert {"loss_itc_group", "loss_itc_group_text"} <= expected.keys() and expected.keys() == observed.keys()
     for key in expected:
         assert observed[key] == pytest.approx(expected[key], abs=1e-4), key

@@ -126,3 +126,23 @@ def test_group_contrastive_loss_is_itc_inside_each_group_by_hand():
 def test_group_contrastive_loss_refuses_batches_without_whole_groups(batch, group):
     with pytest.raises(ValueError, match="group"):
         objectives.group_contrastive_loss(torch.randn(batch, 3), torch.randn(batch, 3), group, 0.1)
+    with pytest.raises(ValueError, match="group"):
+        objectives.group_text_separation_loss(torch.randn(batch, 3), group, 0.5, 0.1)
+
+
+def test_group_text_separation_loss_is_the_mean_hinge_on_cosines_inside_each_group_by_hand():
+    """Texts at angles, so a pair's cosine is cos(a - b): groups of 3 give 6 ordered pairs each; only cosines above
+    the margin count, by how much, over the temperature; the loss has no gradient once every pair is below it."""
+    angles = [0.0, 0.2, 1.4, 3.0, 3.1, 0.5]
+    unit = lambda values: torch.tensor([[math.cos(a), math.sin(a)] for a in values])  # noqa: E731
+    margin, temperature = 0.5, 0.25
+    hinges = [max(math.cos(angles[group + i] - angles[group + j]) - margin, 0.0)
+              for group in (0, 3) for i in range(3) for j in range(3) if i != j]
+    texts = (2.0 * unit(angles)).requires_grad_()
+    loss = objectives.group_text_separation_loss(texts, 3, margin, temperature)
+    assert loss.item() == pytest.approx(sum(hinges) / 12 / temperature, rel=1e-6)
+    loss.backward()
+    assert texts.grad[:2].abs().sum() > 0 and texts.grad[2].abs().sum() == 0  # 1.4 is beyond 60 degrees of both
+    apart = unit([0.0, 2.0, 4.0, 1.0, 3.0, 5.0]).requires_grad_()
+    objectives.group_text_separation_loss(apart, 3, margin, temperature).backward()
+    assert apart.grad.abs().sum() == 0

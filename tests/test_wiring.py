@@ -449,6 +449,30 @@ def test_itc_group_contrasts_each_clip_with_its_group_partners_caption_only_in_g
     assert tiny("glscl_pretrain", loss_weights={"itc": 2.0})(batch).loss_itc_group is None
 
 
+def test_itc_group_text_margin_hinges_the_cosine_of_each_groups_captions_itc_features(lavis_glscl):
+    """``itc_group_text_margin``: a hinge on the cosine of rows 2k, 2k + 1's ITC text features above the margin,
+    over the group term's temperature (ITC's learnable one, which it does not train), weighted as the group term;
+    without the margin, or in an ungrouped batch, no such loss."""
+    margin = -0.5
+    model = tiny("glscl_pretrain", loss_weights={"itc": 2.0}, itc_group_weight=0.5, itc_group_text_margin=margin)
+    tau = model.cl_temp.item()
+    batch = {**tiny_batch(batch_size=6, frames=2, seed=8), "batch_group_size": 2}
+    out = model(batch)
+    text = F.normalize(out.intermediate_output.text_feat.detach(), dim=-1)
+    cosines = torch.stack([text[first] @ text[first + 1] for first in (0, 2, 4)])
+    assert (cosines > margin).any()
+    assert out.loss_itc_group_text.item() == pytest.approx(
+        (cosines - margin).clamp(min=0).mean().item() / tau, rel=1e-5)
+    out.loss_itc_group_text.backward()
+    assert model.cl_temp.grad is None or model.cl_temp.grad == 0
+    assert out.loss.item() == pytest.approx(
+        2.0 * (out.loss_itc.item() + 0.5 * (out.loss_itc_group.item() + out.loss_itc_group_text.item())), rel=1e-5)
+    assert tiny("glscl_pretrain", loss_weights={"itc": 2.0}, itc_group_weight=0.5)(batch).loss_itc_group_text is None
+    assert model({**batch, "batch_group_size": 1}).loss_itc_group_text is None
+    with pytest.raises(ValueError, match="itc_group_text_margin"):
+        tiny("glscl_pretrain", itc_group_text_margin=1.0)
+
+
 def test_itc_group_detach_text_trains_only_the_visual_side_with_the_group_term(lavis_glscl):
     """``itc_group_detach_text``: the same group loss value, whose gradient reaches the video tower and its ITC
     projection but no text parameter (with it off, the text tower gets one)."""

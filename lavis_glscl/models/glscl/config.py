@@ -106,6 +106,9 @@ class GlsclConfig:
     # reversal still embed alike, a trained text side lowers the group loss fastest by making the opposite captions
     # alike (MiniLM's CLS: cosine 0.94 to 0.999 in 100 steps), after which nothing teaches order.
     itc_group_detach_text: bool = False
+    # A cosine the ITC features of a group's captions may not exceed (objectives.group_text_separation_loss, in the
+    # total as the group term is); None: no such term
+    itc_group_text_margin: Optional[float] = None
     loss_weights: Dict[str, float] = field(default_factory=dict)
     itm_negatives: str = "random"
     mlm_probability: float = 0.15
@@ -134,6 +137,8 @@ class GlsclConfig:
             raise ValueError(f"itc_group_weight must be >= 0, got {self.itc_group_weight}")
         if self.itc_group_temperature is not None and self.itc_group_temperature <= 0:
             raise ValueError(f"itc_group_temperature must be > 0, got {self.itc_group_temperature}")
+        if self.itc_group_text_margin is not None and not -1.0 <= self.itc_group_text_margin < 1.0:
+            raise ValueError(f"itc_group_text_margin must be a cosine in [-1, 1), got {self.itc_group_text_margin}")
 
     @classmethod
     def from_options(cls, options: Mapping) -> "GlsclConfig":

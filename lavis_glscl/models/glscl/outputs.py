@@ -33,12 +33,14 @@ class GlsclIntermediateOutput(ModelOutput):
 @dataclass
 class GlsclOutput(ModelOutput):
     """Total loss and each objective's unweighted loss (MGSC and MLTC split by modality; ``loss_itc_group`` ITC
-    inside batch groups; ``loss_rank`` the released retrieval fine-tuning loss, ``loss_vqa`` the VQA classifier's,
-    ``loss_nlvr`` the NLVR classifier's), plus the intermediate outputs."""
+    inside batch groups, ``loss_itc_group_text`` the hinge keeping a group's captions apart; ``loss_rank`` the
+    released retrieval fine-tuning loss, ``loss_vqa`` the VQA classifier's, ``loss_nlvr`` the NLVR classifier's),
+    plus the intermediate outputs."""
 
     loss: Optional[torch.Tensor] = None
     loss_itc: Optional[torch.Tensor] = None
     loss_itc_group: Optional[torch.Tensor] = None
+    loss_itc_group_text: Optional[torch.Tensor] = None
     loss_itm: Optional[torch.Tensor] = None
     loss_mlm: Optional[torch.Tensor] = None
     loss_mgsc_image: Optional[torch.Tensor] = None

@@ -148,6 +148,8 @@ class PretrainingStep:
                 losses["itc"] = self.itc()
                 if self.config.itc_group_weight and self.group_size > 1:
                     losses["itc_group"] = self.itc_group()
+                    if self.config.itc_group_text_margin is not None:
+                        losses["itc_group_text"] = self.itc_group_text()
         if weights["itm"]:
             losses["itm"] = self.itm()
         if weights["mlm"]:
@@ -171,6 +173,13 @@ class PretrainingStep:
         text_feat = self.intermediate.text_feat
         text_feat = text_feat.detach() if self.config.itc_group_detach_text else text_feat
         return objectives.group_contrastive_loss(self.intermediate.image_feat, text_feat, self.group_size, temperature)
+
+    def itc_group_text(self) -> torch.Tensor:
+        """The hinge keeping each batch group's captions below ``itc_group_text_margin`` in cosine, on the group
+        term's logit scale (its temperature as a constant: the hinge does not tune the temperature)."""
+        temperature = self.config.itc_group_temperature or self.model.cl_temp.item()
+        return objectives.group_text_separation_loss(self.intermediate.text_feat, self.group_size,
+                                                     self.config.itc_group_text_margin, temperature)
 
     def itm(self) -> torch.Tensor:
         """ITM with negatives from the global batch: random (half the rows, as the released code), hard, or the group
@@ -329,7 +338,7 @@ class GlsclPretrain(GlsclBase):
     def loss_weight(self, loss_name: str) -> float:
         """The weight of a loss of :meth:`PretrainingStep.losses` (``mgsc_image`` → MGSC's) in the total."""
         weight = self.loss_weights[objective_of(loss_name)]
-        return weight * self.config.itc_group_weight if loss_name == "itc_group" else weight
+        return weight * self.config.itc_group_weight if loss_name.startswith("itc_group") else weight
 
     def forward(self, samples: dict) -> GlsclOutput:
         """``samples``: ``image`` ``[B, 3, H, W]`` or ``video`` ``[B, F, 3, H, W]``, ``text_input`` (list of str),
