@@ -106,8 +106,8 @@ class GlsclConfig:
     # reversal still embed alike, a trained text side lowers the group loss fastest by making the opposite captions
     # alike (MiniLM's CLS: cosine 0.94 to 0.999 in 100 steps), after which nothing teaches order.
     itc_group_detach_text: bool = False
-    # A cosine the ITC features of a group's captions may not exceed (objectives.group_text_separation_loss, in the
-    # total as the group term is); None: no such term
+    # With the group term on: the cosine above which a group's caption ITC features pay a hinge on ITC's logit scale
+    # (objectives.group_text_separation_loss, weighted as the group term); None: no such term
     itc_group_text_margin: Optional[float] = None
     loss_weights: Dict[str, float] = field(default_factory=dict)
     itm_negatives: str = "random"
