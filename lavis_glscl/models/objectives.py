@@ -52,7 +52,7 @@ def group_contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor
 
 
 def group_text_separation_loss(text_embeds: torch.Tensor, group_size: int, margin: float,
-                               temperature: float) -> torch.Tensor:
+                               temperature) -> torch.Tensor:
     """Hinge on the cosine of every two texts of a group of ``group_size`` consecutive rows ``[B, D]`` above
     ``margin``, divided by ``temperature`` (a margin on ITC's logit scale), averaged over those pairs.  It keeps the
     captions a group contrasts ("to the left" / "to the right") apart, which both ITC terms, while a clip and its

@@ -169,17 +169,21 @@ class PretrainingStep:
         """ITC inside each of this rank's batch groups (``itc_group_weight``): in the shapes video set a clip against
         its time reversal and a caption against its opposite direction, which the batch-wide ITC hardly weighs
         while the batch's other clips still differ in what they show."""
-        temperature = self.config.itc_group_temperature or self.model.cl_temp
         text_feat = self.intermediate.text_feat
         text_feat = text_feat.detach() if self.config.itc_group_detach_text else text_feat
-        return objectives.group_contrastive_loss(self.intermediate.image_feat, text_feat, self.group_size, temperature)
+        return objectives.group_contrastive_loss(self.intermediate.image_feat, text_feat, self.group_size,
+                                                 self.group_temperature())
 
     def itc_group_text(self) -> torch.Tensor:
         """The hinge keeping each batch group's captions below ``itc_group_text_margin`` in cosine, on the group
         term's logit scale (its temperature as a constant: the hinge does not tune the temperature)."""
-        temperature = self.config.itc_group_temperature or self.model.cl_temp.item()
         return objectives.group_text_separation_loss(self.intermediate.text_feat, self.group_size,
-                                                     self.config.itc_group_text_margin, temperature)
+                                                     self.config.itc_group_text_margin,
+                                                     torch.as_tensor(self.group_temperature()).detach())
+
+    def group_temperature(self):
+        """The group terms' temperature: ``itc_group_temperature`` when fixed, else ITC's learnable one."""
+        return self.config.itc_group_temperature or self.model.cl_temp
 
     def itm(self) -> torch.Tensor:
         """ITM with negatives from the global batch: random (half the rows, as the released code), hard, or the group
