@@ -249,7 +249,8 @@ def step_flops(arch: Architecture, config, batch: Batch) -> Dict[str, Flops]:
     image_tokens = {"image_full": frames * (1 + patches), "image_token_masked": frames * (1 + patches),
                     "image_dropped": frames * (1 + kept)}
     hard = on["itm"] and config.itm_negatives == "hard"
-    completion = on["mgsc"] or on["mltc"]
+    mgsc = on["mgsc"] and (frames == 1 or config.mgsc_on_video)
+    completion = mgsc or on["mltc"]
     image_mltc = on["mltc"] and (frames == 1 or config.mltc_on_video)
 
     # (pass, text input, image input, pairs, text read, image read, pooled read)
@@ -259,7 +260,7 @@ def step_flops(arch: Architecture, config, batch: Batch) -> Dict[str, Flops]:
     if on["mlm"]:
         fusions.append(("mlm", "text_mlm", "image_full", rows, True, False, False))
     if completion:
-        fusions.append(("p1", "text_full", "image_dropped", rows, False, on["mgsc"], False))
+        fusions.append(("p1", "text_full", "image_dropped", rows, False, mgsc, False))
         fusions.append(("p2", "text_mgsc", "image_full", rows, True, False, False))
     if image_mltc:
         fusions.append(("p3", "text_full", "image_token_masked", rows, False, True, False))
@@ -302,7 +303,7 @@ def step_flops(arch: Architecture, config, batch: Batch) -> Dict[str, Flops]:
     if on["mlm"]:
         masked = mlm_tokens(batch.caption_tokens, config.mlm_probability)
         heads += matmul(masked, width, width) + matmul(masked, width, arch.vocab_size)
-    if on["mgsc"]:
+    if mgsc:
         similarities += (frames + 1) * matmul(gathered, width, gathered, operands_with_grad=1)
     if on["mltc"]:
         words = mgsc_text_tokens(batch.caption_tokens, config.mgsc_text_mask_ratio,

@@ -17,10 +17,10 @@
    of opposite captions: 0.991), through the 2 x 2 contrast of a clip/reversal group (``group_contrastive_loss``)
    at temperature 0.07 or 0.03: how long the symmetric start holds when both sides must diverge together;
 7. glscl_captions: the same 2 x 2 clip/reversal contrast inside GLSCL (the ``demo_video`` model's video tower,
-   bridge and ITC projection, batches of the shapes video demo with its training processor) against these kinds of
+   bridge and ITC projection, batches of the shapes video demo) against these kinds of
    caption embedding: four learnable direction embeddings starting at cosine 0.97 or 0.5, the model's own trainable
    ITC text embedding (MiniLM CLS, bridge, projection), and its mean of caption tokens held fixed or trained
-   (``--glscl-cases``), with the demo's training processor, its middle frames (``_middle_frames``) or fixed frames
+   (``--glscl-cases``), with random frames and crops, middle frames and crops (``_middle_frames``) or fixed frames
    (``_fixed_frames``); logged as the group loss (2 ln 2 = 1.386 while clip and reversal embed alike), the
    clip/reversal cosine and the cosine of the two captions of a group;
 8. negatives: the share of ITM pairs that contrast a clip with its reversal (or a caption with its opposite) under
@@ -234,12 +234,12 @@ def probe_captions(steps: List[int], seed: int = 0) -> Dict[str, dict]:
 DEMO_VIDEO = "projects/glscl/demo/pretrain_shapes_video.yaml"
 
 
-# How the training clips are read, by case suffix.  "": the demo's training processor (a random frame per segment
-# and a crop; drawn once per clip/reversal pair).  "_middle_frames": the same with each segment's middle frame, so a
-# pair differs (almost) only in frame order.  "_fixed_frames": the eval processor in training too (middle frames, no
-# crop).
+# How the training clips are read, by case suffix.  "": the training processor with a random frame per segment and a
+# crop (drawn once per clip/reversal pair).  "_middle_frames": the same with each segment's middle frame (the demo's
+# choice), so a pair differs (almost) only in frame order.  "_fixed_frames": the eval processor in training too
+# (middle frames, no crop).
 FRAME_MODES = {
-    "": [],
+    "": ["datasets.shapes_video_demo.vis_processor.train.sampling=random"],
     "_middle_frames": ["datasets.shapes_video_demo.vis_processor.train.sampling=middle"],
     "_fixed_frames": ["datasets.shapes_video_demo.vis_processor.train.name=glscl_video_eval"],
 }

@@ -150,9 +150,10 @@ class RunnerGlscl(RunnerBase):
             self._model = self._model.to(self.device)
             if self.use_distributed:
                 device_ids = [self.config.run_cfg.gpu] if self.cuda_enabled else None
-                self._wrapped_model = DistributedDataParallel(
-                    self._model, device_ids=device_ids,
-                    find_unused_parameters=bool(self.config.run_cfg.get("find_unused_parameters", False)))
+                skips = getattr(self._model, "skips_parameters_on_some_batches", lambda: False)()
+                find_unused = bool(self.config.run_cfg.get("find_unused_parameters", False)) or skips
+                self._wrapped_model = DistributedDataParallel(self._model, device_ids=device_ids,
+                                                              find_unused_parameters=find_unused)
             else:
                 self._wrapped_model = self._model
         return self._wrapped_model

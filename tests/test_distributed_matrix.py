@@ -90,6 +90,8 @@ MATRIX = {
     "blip_retrieval_offline": (["model.arch=blip_retrieval_offline", "model.model_type=tiny"], {"default": []}),
 }
 GLSCL_MODELS = ("glscl_pretrain", "glscl_retrieval", "glscl_vqa")
+GROUPED_VIDEO_VARIANTS = {"grouped": [],
+                          "completion_on_images_only": ["model.mgsc_on_video=false", "model.mltc_on_video=false"]}
 
 
 def variant_arguments(variants, common):
@@ -130,7 +132,8 @@ def test_model_trains_under_two_process_torchrun_with_objectives_on_and_off(lavi
 def test_grouped_video_batches_with_partner_itm_and_group_itc_train_under_torchrun_as_in_one_process(lavis_glscl,
                                                                                                      tmp_path):
     """Clip/reversal groups split across two ranks (2 rows each): partner ITM negatives, ITC inside the groups (its
-    text side detached) and the caption hinge give at step 0 the losses of one process over the 4 rows."""
+    text side detached) and the caption hinge give at step 0 the losses of one process over the 4 rows, with MGSC and
+    MLTC on the clips and with both on images only."""
     mixed_run = Path(__file__).parent / "configs" / "tiny_mixed_run.yaml"
     video = "datasets.shapes_video_demo"
     common = ["run.train_dataset_ratios=[0.0,1.0]", f"{video}.train_batch_group_size=2", "model.itm_negatives=partner",
@@ -140,12 +143,16 @@ def test_grouped_video_batches_with_partner_itm_and_group_itc_train_under_torchr
               "model.mltc_image_gather=true"]
     command = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(2), str(TRAIN_VARIANTS),
                "--cfg-path", str(mixed_run), "--output-dir", str(tmp_path / "two"),
-               "--variant", "grouped", *common, "run.batch_size_train=2"]
+               *variant_arguments(GROUPED_VIDEO_VARIANTS, [*common, "run.batch_size_train=2"])]
     result = subprocess.run(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-4000:]
-    train_in_process(mixed_run, tmp_path / "one", [*common, "run.batch_size_train=4"])
-    expected, observed = step_losses(tmp_path / "one", 0, 0), step_losses(tmp_path / "two" / "grouped", 0, 0)
-    assert {"loss_itc_group", "loss_itc_group_text"} <= expected.keys() and expected.keys() == observed.keys()
-    for key in expected:
-        assert observed[key] == pytest.approx(expected[key], abs=1e-4), key
+    for name, options in GROUPED_VIDEO_VARIANTS.items():
+        train_in_process(mixed_run, tmp_path / "one" / name, [*common, *options, "run.batch_size_train=4"])
+        expected = step_losses(tmp_path / "one" / name, 0, 0)
+        observed = step_losses(tmp_path / "two" / name, 0, 0)
+        assert {"loss_itc_group", "loss_itc_group_text", "loss_mltc_text"} <= expected.keys(), name
+        assert ("loss_mgsc_image" in expected) == (name == "grouped"), name
+        assert expected.keys() == observed.keys(), name
+        for key in expected:
+            assert observed[key] == pytest.approx(expected[key], abs=1e-4), (name, key)

@@ -19,6 +19,7 @@ def flops(lavis_glscl):
 CASES = {  # name: (overrides, frames, grad checkpointing)
     "all objectives": ({}, None, False),
     "video, checkpointed": ({}, 2, True),
+    "video, MGSC and MLTC on images only": ({"mgsc_on_video": False, "mltc_on_video": False}, 2, False),
     "unshared passes, checkpointed": ({"share_unimodal_passes": False}, None, True),
     "hard negatives, unshared, video": ({"itm_negatives": "hard", "share_unimodal_passes": False}, 2, False),
     "MLTC alone": ({"loss_weights": {"mltc": 1.0}}, None, False),

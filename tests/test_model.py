@@ -115,9 +115,18 @@ def test_optimizer_groups_scale_fusion_and_heads_and_skip_decay_on_biases(tiny_m
 
 def test_video_batches_train_with_per_frame_mgsc(tiny_model):
     out = tiny_model(tiny_batch(frames=3))
-    assert torch.isfinite(out.loss) and out.loss_mltc_image is not None
+    assert torch.isfinite(out.loss) and out.loss_mltc_image is not None and out.loss_mgsc_image is not None
     tiny_model.config.mltc_on_video = False
     assert tiny_model(tiny_batch(frames=3)).loss_mltc_image is None
+
+
+def test_mgsc_on_video_off_drops_mgsc_from_video_batches_only(tiny_model):
+    tiny_model.config.mgsc_on_video = False
+    video = tiny_model(tiny_batch(frames=3))
+    assert video.loss_mgsc_image is None and video.loss_mgsc_text is None
+    assert video.loss_mltc_text is not None and video.loss_mltc_image is not None
+    image = tiny_model(tiny_batch())
+    assert image.loss_mgsc_image is not None and image.loss_mgsc_text is not None
 
 
 def test_itm_rerank_batches_queries_and_orders_the_rest_below():

@@ -178,6 +178,13 @@ class GlsclBase(ConfiguredModel):
     def active_objectives(self) -> List[str]:
         return self.config.active_objectives
 
+    def skips_parameters_on_some_batches(self) -> bool:
+        """Whether some batches leave trainable parameters without a gradient: an active MGSC or MLTC that runs on
+        images only (``mgsc_on_video`` / ``mltc_on_video`` false) does on video batches, so under DDP the runner has
+        each step's unused parameters found (``find_unused_parameters``)."""
+        active, config = self.active_objectives(), self.config
+        return ("mgsc" in active and not config.mgsc_on_video) or ("mltc" in active and not config.mltc_on_video)
+
     def reached_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter some active objective trains: both encoders and bridges (without the MLTC mask token and
         HF's unused text pooler), plus each active objective's :meth:`objective_reach`."""

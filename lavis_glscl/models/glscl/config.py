@@ -120,6 +120,9 @@ class GlsclConfig:
     mltc_temperature: float = 0.03
     mltc_image_gather: bool = False
     mltc_on_video: bool = True
+    # False: MGSC on images only.  On the shapes video pairs MGSC's per-frame completion from 3 of 16 patches holds
+    # the direction-only pairs at chance while ITC + ITM + MLM learn them (README "Video that knows time")
+    mgsc_on_video: bool = True
     share_unimodal_passes: bool = True
     # One more forward pass of every layer for the memory of its activations (GlsclBase.set_grad_checkpointing)
     grad_checkpointing: bool = False

@@ -154,7 +154,7 @@ class PretrainingStep:
             losses["itm"] = self.itm()
         if weights["mlm"]:
             losses["mlm"] = self.mlm()
-        if weights["mgsc"] or weights["mltc"]:
+        if self.mgsc_applies() or weights["mltc"]:
             losses.update(self.completion())
         self.intermediate.image_embeds = self.passes.computed("image_full")
         self.intermediate.text_embeds = self.passes.computed("text_full")
@@ -256,6 +256,10 @@ class PretrainingStep:
         normalizer = (global_count / world_size).clamp(min=1.0 / world_size)
         return objectives.mlm_loss(model.mlm_score(fusion.text_feats[selected]), labels[selected], normalizer)
 
+    def mgsc_applies(self) -> bool:
+        """Whether this batch trains MGSC: its weight is on, and the batch is of images or ``mgsc_on_video``."""
+        return bool(self.config.loss_weights["mgsc"]) and (self.frames == 1 or self.config.mgsc_on_video)
+
     def completion(self) -> Dict[str, torch.Tensor]:
         """MGSC and MLTC from the passes P1 (dropped image, full text), P2 (full image, masked text) and P3
         (mask-token image, full text); each target comes from the pass where its modality is unmasked."""
@@ -270,7 +274,7 @@ class PretrainingStep:
         p2 = model.fuse(text_masked, text.attention_mask, self.image_full(), frames)
         tau_global, tau_local = config.mgsc_temperature, config.mltc_temperature
         losses = {}
-        if config.loss_weights["mgsc"]:
+        if self.mgsc_applies():
             losses["mgsc_image"] = torch.stack([
                 objectives.mgsc_loss(p1.image_feats[:, f], p2.image_feats[:, f], tau_global, all_gather_with_grad)
                 for f in range(frames)]).mean()
