@@ -57,9 +57,25 @@ def init_distributed(run_cfg) -> None:
         raise LaunchError(f"rank {run_cfg.rank} of {run_cfg.world_size} (SLURM) needs {' and '.join(missing)} for "
                           f"run.dist_url env://: export MASTER_ADDR=<first node's host name> MASTER_PORT=<free port> "
                           f"before srun, or set run.dist_url=tcp://<host>:<port>")
-    dist.init_process_group(backend=run_cfg.dist_backend, init_method=dist_url, world_size=run_cfg.world_size,
-                            rank=run_cfg.rank, timeout=datetime.timedelta(minutes=run_cfg.get("dist_timeout_minutes", 60)))
+    timeout = datetime.timedelta(minutes=run_cfg.get("dist_timeout_minutes", 60))
+    store = restart_attempt_store(timeout) if dist_url == "env://" else None
+    dist.init_process_group(backend=run_cfg.dist_backend, init_method=None if store else dist_url, store=store,
+                            world_size=run_cfg.world_size, rank=run_cfg.rank, timeout=timeout)
     dist.barrier()
+
+
+def restart_attempt_store(timeout: datetime.timedelta) -> Optional[dist.Store]:
+    """Under torchrun, a client of the agent's store with keys of this restart attempt only, else None.
+
+    torchrun keeps its store across ``--max-restarts``: without a prefix a restarted rank may read the killed attempt's
+    addresses before its peers publish theirs and fail connecting to a dead port (gloo: "Connection refused").
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent_store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                                timeout=timeout)
+    return dist.PrefixStore(f"lavis_glscl/attempt_{attempt}", agent_store)
 
 
 def shutdown() -> None:

@@ -6,13 +6,14 @@ import sys
 
 import lavis_glscl  # noqa: F401
 from lavis_glscl import distributed
-from lavis_glscl.launch import build_runner, parse_args, report, setup_or_exit
+from lavis_glscl.launch import build_runner, config_errors_exit, parse_args, report, setup
 
 
 def main(argv=None):
-    cfg = setup_or_exit(parse_args("Evaluate a LAVIS model (GLSCL or any registered one).", argv))
-    runner = build_runner(cfg)
-    report(runner.evaluate(skip_reload=True))
+    with config_errors_exit():
+        cfg = setup(parse_args("Evaluate a LAVIS model (GLSCL or any registered one).", argv))
+        results = build_runner(cfg).evaluate(skip_reload=True)
+    report(results)
     distributed.shutdown()
 
 

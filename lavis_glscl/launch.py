@@ -4,9 +4,10 @@ Same flags as LAVIS's repository-root ``train.py``/``evaluate.py`` (``--cfg-path
 plus ``--cfg`` as an alias.  Works as one plain process and under ``torchrun`` (gloo on CPU, nccl on CUDA).
 """
 import argparse
-import datetime
+import contextlib
 import logging
 import random
+import sys
 from typing import List, Optional
 
 import numpy as np
@@ -14,10 +15,13 @@ import torch
 from lavis.common.config import Config
 from lavis.common.logger import setup_logger
 from lavis.common.registry import registry
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from lavis_glscl import distributed
 from lavis_glscl.paths import run_config_path
+from lavis_glscl.runners.job import prepare_run_directory
+from lavis_glscl.runners.options import RunOptions
+from lavis_glscl.typed_options import ConfigError, closest
 
 DEFAULT_RUNNER = "runner_glscl"
 
@@ -30,7 +34,37 @@ def parse_args(description: str, argv: Optional[List[str]] = None) -> argparse.N
     return parser.parse_args(argv)
 
 
-class GlsclConfig(Config):
+def check_option_syntax(options: List[str]) -> None:
+    """Every ``--options`` entry is ``key=value`` with a dotted key (LAVIS would pair a lone key with the next
+    entry, or fail deep inside OmegaConf)."""
+    for option in options:
+        key, equals, _ = option.partition("=")
+        if not equals or not key or key != key.strip() or key.startswith(".") or key.endswith("."):
+            raise ConfigError(f"--options {option!r} is not key=value: write e.g. run.max_epoch=2 (a dotted key, '=', "
+                              "the value)")
+
+
+def load_run_yaml(cfg_path: str, options: List[str]):
+    """The run yaml with ``options`` merged in, or :class:`ConfigError` for a missing file, invalid yaml, a yaml that
+    is not a mapping and options that do not merge."""
+    try:
+        path = run_config_path(cfg_path)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{error}") from None
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as error:  # yaml's and OmegaConf's parse errors have no common base
+        raise ConfigError(f"{path} is not valid yaml: {str(error).splitlines()[0]}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path} is a {type(loaded).__name__.replace('Config', '').lower()}; a run yaml is a mapping "
+                          "with model, datasets and run blocks")
+    try:
+        return path, OmegaConf.merge(loaded, OmegaConf.from_dotlist(list(options)))
+    except Exception as error:
+        raise ConfigError(f"--options do not merge into {path}: {str(error).splitlines()[0]}") from None
+
+
+class LaunchConfig(Config):
     """LAVIS's ``Config``, but ``--options model.arch=a model.model_type=x`` also select the default yaml of that
     model and type (LAVIS 1.0.2 merges options after having loaded the defaults of the yaml's own arch and type)."""
 
@@ -48,19 +82,18 @@ def _registered(mapping: str) -> dict:
     return registry.mapping[mapping]
 
 
-def _unknown_name_error(kind: str, name: str, mapping: str, cfg_path: str) -> KeyError:
+def _unknown_name_error(kind: str, name: str, mapping: str, cfg_path: str) -> ConfigError:
     names = _registered(mapping)
     ours = sorted(n for n, c in names.items() if getattr(c, "__module__", "").startswith("lavis_glscl"))
     others = sorted(n for n in names if n not in ours)
-    return KeyError(f"unknown {kind} {name!r} in {cfg_path}. Registered by lavis_glscl: {', '.join(ours) or 'none'}; "
-                    f"by LAVIS: {', '.join(others) or 'none'}")
+    return ConfigError(f"unknown {kind} {name!r} in {cfg_path}{closest(str(name), names)}. Registered by lavis_glscl: "
+                       f"{', '.join(ours) or 'none'}; by LAVIS: {', '.join(others) or 'none'}")
 
 
-def check_registered_names(cfg_path: str, options: List[str]) -> None:
+def check_registered_names(cfg_path: str, cfg: DictConfig) -> None:
     """Fail at config time, with the registered names, on any unknown model, dataset, task, runner,
     scheduler or processor name in the run yaml (LAVIS's registry lookups return None and fail later)."""
-    cfg = OmegaConf.merge(OmegaConf.load(cfg_path), OmegaConf.from_dotlist(list(options)))
-    run, model = cfg.get("run", {}), cfg.get("model", {})
+    run, model = cfg.get("run") or {}, cfg.get("model") or {}
     checks = [("model arch", model.get("arch"), "model_name_mapping"),
               ("task", run.get("task"), "task_name_mapping"),
               ("runner", run.get("runner", DEFAULT_RUNNER), "runner_name_mapping")]
@@ -74,7 +107,7 @@ def check_registered_names(cfg_path: str, options: List[str]) -> None:
                     checks.append(("processor", split_cfg.get("name"), "processor_name_mapping"))
     for kind, name, mapping in checks:
         if name is None:
-            raise KeyError(f"{cfg_path} does not set a {kind}")
+            raise ConfigError(f"{cfg_path} does not set a {kind}")
         if name not in _registered(mapping):
             raise _unknown_name_error(kind, name, mapping, cfg_path)
 
@@ -90,14 +123,9 @@ REQUIRED_VALUE_HINTS = {
 }
 
 
-class ConfigError(ValueError):
-    """A run yaml that cannot start; the entry points print it without a traceback."""
-
-
-def check_required_values(cfg_path: str, options: List[str]) -> None:
+def check_required_values(cfg_path: str, cfg: DictConfig) -> None:
     """Fail at once, naming each key and what to put there, when the run yaml leaves a required value (``???``)
     unset, instead of deep inside model construction."""
-    cfg = OmegaConf.merge(OmegaConf.load(cfg_path), OmegaConf.from_dotlist(list(options)))
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         lines = [f"  {key}: {REQUIRED_VALUE_HINTS.get(key, 'see the comments of the yaml')}" for key in missing]
@@ -105,11 +133,11 @@ def check_required_values(cfg_path: str, options: List[str]) -> None:
                          "\nset them in the yaml or with --options key=value")
 
 
-def check_task_options(cfg_path: str, options: List[str]) -> None:
+def check_task_options(cfg_path: str, cfg: DictConfig) -> None:
     """Refuse a score normaliser on a task that would ignore it: only ``glscl_retrieval`` applies one (to any
     model's scores; LAVIS's ``retrieval`` task scores with the model's matrices as they are)."""
-    run = OmegaConf.merge(OmegaConf.load(cfg_path), OmegaConf.from_dotlist(list(options))).get("run", {})
-    normalizer = run.get("score_normalizer", None) or run.get("rerank", None)
+    run = cfg.get("run") or {}
+    normalizer = run.get("score_normalizer", None)
     if normalizer not in (None, "none") and run.get("task") != "glscl_retrieval":
         raise ConfigError(f"{cfg_path}: the score normaliser {normalizer!r} is applied by the glscl_retrieval task; "
                           f"run.task is {run.get('task')!r}, which would ignore it: set run.task=glscl_retrieval")
@@ -124,18 +152,28 @@ def setup_seeds(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def new_job_id() -> str:
-    """A run directory name to the second, the same on every rank."""
-    return distributed.broadcast_object(datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
+def check_config(args: argparse.Namespace) -> LaunchConfig:
+    """Every check that needs nothing built: ``--options`` syntax, the yaml, required values, registered names, the
+    run block (:class:`RunOptions`) and the model's own options; returns LAVIS's config of the run."""
+    check_option_syntax(args.options)
+    args.cfg_path, merged = load_run_yaml(args.cfg_path, args.options)
+    check_required_values(args.cfg_path, merged)
+    check_task_options(args.cfg_path, merged)
+    check_registered_names(args.cfg_path, merged)
+    try:
+        cfg = LaunchConfig(args)
+    except KeyError as error:  # an unknown model_type
+        raise ConfigError(str(error.args[0] if error.args else error)) from None
+    RunOptions.from_config(cfg.run_cfg)
+    model_cls = registry.get_model_class(cfg.model_cfg.arch)
+    if hasattr(model_cls, "check_options"):
+        model_cls.check_options(cfg.model_cfg)
+    return cfg
 
 
-def setup(args: argparse.Namespace) -> GlsclConfig:
-    """Check names, build the config, start the process group if launched by torchrun, seed, log."""
-    args.cfg_path = run_config_path(args.cfg_path)
-    check_required_values(args.cfg_path, args.options)
-    check_task_options(args.cfg_path, args.options)
-    check_registered_names(args.cfg_path, args.options)
-    cfg = GlsclConfig(args)
+def setup(args: argparse.Namespace) -> LaunchConfig:
+    """Check the config, start the process group if launched by torchrun, seed, log."""
+    cfg = check_config(args)
     distributed.init_distributed(cfg.run_cfg)
     setup_seeds(int(cfg.run_cfg.seed))
     setup_logger()
@@ -143,23 +181,30 @@ def setup(args: argparse.Namespace) -> GlsclConfig:
     return cfg
 
 
-def setup_or_exit(args: argparse.Namespace) -> GlsclConfig:
-    """:func:`setup` for the command line: a :class:`ConfigError` ends the process with its message alone."""
+@contextlib.contextmanager
+def config_errors_exit():
+    """For the command line: a :class:`ConfigError` (raised while checking, building or running) ends the process
+    with its message alone, exit status 2."""
     try:
-        return setup(args)
+        yield
     except ConfigError as error:
-        raise SystemExit(f"error: {error}") from None
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
-def build_runner(cfg: GlsclConfig):
+def build_runner(cfg: LaunchConfig):
     """Task, datasets, model and runner as LAVIS's ``train.py`` builds them (runner default: ``runner_glscl``)."""
     from lavis import tasks
 
+    job_id, resume = prepare_run_directory(RunOptions.from_config(cfg.run_cfg))
+    if resume is not None:
+        logging.info("run.auto_resume: job %s resumes from its newest complete checkpoint %s", job_id, resume)
+        cfg.run_cfg.resume_ckpt_path = resume
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
     runner_cls = registry.get_runner_class(cfg.run_cfg.get("runner", DEFAULT_RUNNER))
-    return runner_cls(cfg=cfg, job_id=new_job_id(), task=task, model=model, datasets=datasets)
+    return runner_cls(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
 
 
 def report(results: Optional[dict]) -> None:

@@ -14,6 +14,8 @@ first check at which the best of the last ``window`` checks does not beat the be
 from dataclasses import dataclass, field
 from typing import List, Mapping, Optional
 
+from lavis_glscl.typed_options import build_dataclass
+
 
 @dataclass
 class PlateauRule:
@@ -21,7 +23,7 @@ class PlateauRule:
     window: int = 3
     min_delta: float = 0.0
     relative: bool = False
-    history: List[float] = field(default_factory=list)
+    history: List[float] = field(default_factory=list, init=False)
 
     def __post_init__(self):
         if self.window < 1:
@@ -31,7 +33,7 @@ class PlateauRule:
 
     @classmethod
     def from_config(cls, options: Optional[Mapping]) -> Optional["PlateauRule"]:
-        return cls(**dict(options)) if options else None
+        return build_dataclass(cls, options, "run.plateau") if options else None
 
     @property
     def split(self) -> str:

@@ -6,13 +6,14 @@ import sys
 
 import lavis_glscl  # noqa: F401  (registers lavis_glscl and LAVIS's runners before the config is read)
 from lavis_glscl import distributed
-from lavis_glscl.launch import build_runner, parse_args, report, setup_or_exit
+from lavis_glscl.launch import build_runner, config_errors_exit, parse_args, report, setup
 
 
 def main(argv=None):
-    cfg = setup_or_exit(parse_args("Train a LAVIS model (GLSCL or any registered one).", argv))
-    runner = build_runner(cfg)
-    runner.train()
+    with config_errors_exit():
+        cfg = setup(parse_args("Train a LAVIS model (GLSCL or any registered one).", argv))
+        runner = build_runner(cfg)
+        runner.train()
     report(runner.test_results)
     distributed.shutdown()
 

@@ -181,7 +181,7 @@ def test_task_on_a_tiny_model_writes_the_scores_and_the_uniform_baseline(lavis_g
     from lavis_glscl import launch
 
     config = align_bench_tiny_yaml(tmp_path, tmp_path / "out", arch)
-    runner = launch.build_runner(launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", str(config)])))
+    runner = launch.build_runner(launch.LaunchConfig(launch.parse_args("x", ["--cfg-path", str(config)])))
     results = runner.evaluate(skip_reload=True)["test"]
 
     bench = shapes_bench_dir(num_images=4, image_size=32, seed=2)

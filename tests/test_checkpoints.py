@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModel, BertConfig, CLIPVisionConfig, CLIPVisionModel
 from transformers.models.bert.modeling_bert import BertLayer
 
-from lavis_glscl.models.checkpoints import load_clip_vision, load_hf_clip_vision, read_checkpoint
+from lavis_glscl.models.checkpoints import load_clip_vision, load_hf_clip_vision
+from lavis_glscl.serialization import read_checkpoint
 from lavis_glscl.models.vision_transformer import VisionTransformer
 from lavis_glscl.paths import resolve_local_model_dir
 
@@ -286,24 +287,6 @@ def test_openai_clip_weights_keep_the_first_blocks_and_report_the_rest():
     images = torch.randn(2, 1, 3, 32, 32)
     _, hidden = source(images, return_hidden_states=True)
     torch.testing.assert_close(target(images), source.ln_post(hidden[2]), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # tracing the tiny stand-in for CLIP
-def test_openai_torchscript_files_are_read_as_state_dicts(tmp_path):
-    source, state = openai_visual()
-
-    class Clip(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.visual = source
-
-        def forward(self, images):
-            return self.visual(images)
-
-    traced = torch.jit.trace(Clip().eval(), torch.randn(1, 1, 3, 32, 32), check_trace=False)
-    traced.save(str(tmp_path / "ViT-tiny.pt"))
-    loaded = read_checkpoint(str(tmp_path / "ViT-tiny.pt"))
-    assert torch.equal(loaded["visual.conv1.weight"], source.conv1.weight)
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from torch import nn
 from helpers import TINY_RUN
 
 from lavis_glscl import launch, paths
+from lavis_glscl.typed_options import ConfigError
 
 
 def test_cfg_alias_and_options():
@@ -26,8 +27,8 @@ def test_cfg_alias_and_options():
     ("datasets.shapes_demo.vis_processor.train.name=glscl_img", "processor", "glscl_img"),
 ])
 def test_unknown_names_fail_at_config_time_listing_glscl_names(lavis_glscl, option, kind, wrong):
-    with pytest.raises(KeyError) as error:
-        launch.check_registered_names(str(TINY_RUN), [option])
+    with pytest.raises(ConfigError) as error:
+        launch.check_registered_names(*launch.load_run_yaml(str(TINY_RUN), [option]))
     message = str(error.value)
     assert f"unknown {kind} {wrong!r}" in message and "Registered by lavis_glscl:" in message
     expected = {"model arch": "glscl_pretrain, glscl_retrieval", "runner": "runner_glscl",
@@ -39,8 +40,8 @@ def test_unknown_names_fail_at_config_time_listing_glscl_names(lavis_glscl, opti
 def test_unknown_dataset_name_lists_glscl_builders(lavis_glscl, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY_RUN.read_text().replace("shapes_demo:", "shape_demo:"))
-    with pytest.raises(KeyError) as error:
-        launch.check_registered_names(str(bad), [])
+    with pytest.raises(ConfigError) as error:
+        launch.check_registered_names(*launch.load_run_yaml(str(bad), []))
     listed = str(error.value).split("Registered by lavis_glscl: ")[1].split(";")[0].split(", ")
     assert listed == ["align_bench", "easy_vqa", "glscl_image_text", "glscl_nlvr", "glscl_video_text", "glscl_vqa",
                       "shapes_demo", "shapes_nlvr_demo", "shapes_video_demo"]
@@ -48,7 +49,7 @@ def test_unknown_dataset_name_lists_glscl_builders(lavis_glscl, tmp_path):
 
 def test_model_type_option_selects_that_types_defaults(lavis_glscl):
     args = launch.parse_args("x", ["--cfg-path", str(TINY_RUN), "--options", "model.model_type=demo"])
-    cfg = launch.GlsclConfig(args)
+    cfg = launch.LaunchConfig(args)
     assert cfg.model_cfg.vision.image_size == 64  # from pretrain_demo.yaml, not tiny's 32
     assert cfg.model_cfg.text.pretrained is True
 
@@ -133,18 +134,18 @@ def init_parameters(cls) -> set:
     return names - {"self"}
 
 
-def config_with_placeholders(cfg_path: str) -> launch.GlsclConfig:
+def config_with_placeholders(cfg_path: str) -> launch.LaunchConfig:
     """The whole run config as LAVIS's ``Config`` merges it (run yaml, model and dataset defaults), with every
     required ``???`` value, the yaml's own and its defaults', set through ``--options`` as a user would."""
     def build(options):
         options_args = ["--options", *options] if options else []
-        return launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", cfg_path, *options_args]))
+        return launch.LaunchConfig(launch.parse_args("x", ["--cfg-path", cfg_path, *options_args]))
 
     # Also the run yaml's own: merged onto the model defaults, a ``???`` there is hidden by the default's value.
     required = OmegaConf.missing_keys(OmegaConf.load(cfg_path)) | OmegaConf.missing_keys(build([]).config)
     options = [f"{key}=/placeholder/{key}" for key in sorted(required)]
-    launch.check_required_values(cfg_path, options)
-    launch.check_registered_names(cfg_path, options)
+    launch.check_required_values(*launch.load_run_yaml(cfg_path, options))
+    launch.check_registered_names(*launch.load_run_yaml(cfg_path, options))
     return build(options)
 
 
@@ -239,15 +240,15 @@ def test_every_compare_row_builds_a_config_from_its_base_yaml_and_tests(lavis_gl
         assert run.get("baseline") in (None, *names)
         row = seed_run_options(spec, run, (spec.get("seeds") or [None])[0])
         for options in [row] + [row + list(e.options) for e in run.get("evaluations", [])]:
-            launch.check_registered_names(base, options)
-            launch.check_task_options(base, options)
-            cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", base, "--options", *options, "run.seed=0"]))
+            launch.check_registered_names(*launch.load_run_yaml(base, options))
+            launch.check_task_options(*launch.load_run_yaml(base, options))
+            cfg = launch.LaunchConfig(launch.parse_args("x", ["--cfg-path", base, "--options", *options, "run.seed=0"]))
             expected_arch = OmegaConf.from_dotlist(options).get("model", {}).get("arch")
             assert cfg.model_cfg.arch == (expected_arch or OmegaConf.load(base).model.arch)
             assert (PlateauRule.from_config(cfg.run_cfg.get("plateau")) is None) == (spec.get("plateau") is None)
         for test in spec.get("tests", []):
             options = trained_model_options(base, row)
-            cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", paths.run_config_path(test), "--options",
+            cfg = launch.LaunchConfig(launch.parse_args("x", ["--cfg-path", paths.run_config_path(test), "--options",
                                                               *options, "run.seed=0"]))
             assert cfg.model_cfg.arch == OmegaConf.from_dotlist(options).model.arch
 
@@ -261,7 +262,7 @@ def test_finetune_yamls_carry_the_paper_recipe_on_lavis_layouts(lavis_glscl, pro
                                                                   dataset_type, scale):
     from lavis.common.registry import registry
 
-    cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", str(paths.PROJECT_DIR / "glscl" / project)]))
+    cfg = launch.LaunchConfig(launch.parse_args("x", ["--cfg-path", str(paths.PROJECT_DIR / "glscl" / project)]))
     model, run = cfg.model_cfg, cfg.run_cfg
     assert model.vision.image_size == image_size and model.vision.width == 768 and model.fusion.num_layers == 6
     assert model.loss_weights.rank == 1.0 and model.loss_weights.itm == 0.0 and model.rank_negatives == 15

@@ -17,10 +17,10 @@ from helpers import DETERMINISTIC, TINY_RUN, free_port, read_log_records, run_mo
 from lavis_glscl.datasets import shapes
 
 
-def torchrun_command(output_dir, options):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-            "-m", "lavis_glscl.train", "--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={output_dir}",
-            *options]
+def torchrun_command(output_dir, options, max_restarts=0):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--max-restarts={max_restarts}",
+            f"--master_port={free_port()}", "-m", "lavis_glscl.train", "--cfg-path", str(TINY_RUN), "--options",
+            f"run.output_dir={output_dir}", *options]
 
 
 def final_weights(output_dir, epoch):
@@ -28,10 +28,20 @@ def final_weights(output_dir, epoch):
     return torch.load(checkpoint, weights_only=True)["model"]
 
 
+def worker_pids(agent_pid):
+    """The ranks torchrun's agent started (its child processes)."""
+    with open(f"/proc/{agent_pid}/task/{agent_pid}/children") as children:
+        return [int(pid) for pid in children.read().split()]
+
+
 @pytest.mark.slow
-def test_torchrun_killed_mid_epoch_resumes_to_the_uninterrupted_weights_with_gradient_accumulation(tmp_path):
+def test_a_rank_killed_under_torchrun_restarts_resumes_by_itself_to_the_uninterrupted_weights(tmp_path):
+    """``kill -9`` of one rank after a mid-epoch checkpoint (gradient accumulation on): torchrun ``--max-restarts 1``
+    restarts both ranks, which find their run directory and its newest checkpoint themselves
+    (``run.auto_resume``) and finish with exactly the weights of a run never interrupted."""
     options = DETERMINISTIC + ["run.max_epoch=3", "run.iters_per_epoch=8", "run.accum_grad_iters=4",
-                               "run.save_freq_iters=4", "run.batch_size_train=2", "run.test_splits=[]"]
+                               "run.save_freq_iters=4", "run.batch_size_train=2", "run.test_splits=[]",
+                               "run.auto_resume=true"]
     environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
     uninterrupted = subprocess.run(torchrun_command(tmp_path / "full", options), cwd=tmp_path, env=environment,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
@@ -39,28 +49,48 @@ def test_torchrun_killed_mid_epoch_resumes_to_the_uninterrupted_weights_with_gra
 
     killed_dir = tmp_path / "killed"
     with open(tmp_path / "killed.log", "w") as log:
-        run = subprocess.Popen(torchrun_command(killed_dir, options), cwd=tmp_path, env=environment, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+        run = subprocess.Popen(torchrun_command(killed_dir, options, max_restarts=1), cwd=tmp_path, env=environment,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 300
         while not list(killed_dir.rglob("checkpoint_latest.pth")) and run.poll() is None:
             assert time.monotonic() < deadline, "no mid-epoch checkpoint within 300 s"
             time.sleep(0.02)
-        os.killpg(run.pid, signal.SIGKILL)  # torchrun and both workers, without any chance to clean up
-        run.wait()
-    assert run.returncode == -signal.SIGKILL
-    assert not list(killed_dir.rglob("checkpoint_2.pth")), "the run finished before it could be killed"
-    (latest,) = killed_dir.rglob("checkpoint_latest.pth")
-    state = torch.load(latest, weights_only=True)
-    assert state["iteration"] is not None and len(state["rng"]) == 2  # mid-epoch, one RNG state per rank
-
-    resumed = subprocess.run(torchrun_command(tmp_path / "resumed", options + [f"run.resume_ckpt_path={latest}"]),
-                             cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:]
-    expected, observed = final_weights(tmp_path / "full", 2), final_weights(tmp_path / "resumed", 2)
+        ranks = worker_pids(run.pid)
+        assert len(ranks) == 2
+        os.kill(ranks[1], signal.SIGKILL)
+        assert run.wait(timeout=600) == 0
+    output = (tmp_path / "killed.log").read_text()
+    assert "failed" in output and "Resumed from" in output, output[-3000:]
+    (run_dir,) = [path for path in killed_dir.iterdir() if path.is_dir() and not path.is_symlink()]
+    resumed_from = output.split("resumes from its newest complete checkpoint ")[1].split()[0]
+    assert resumed_from.startswith(str(run_dir / "checkpoint_"))
+    expected, observed = final_weights(tmp_path / "full", 2), final_weights(killed_dir, 2)
     assert expected.keys() == observed.keys()
-    for name in expected:
-        torch.testing.assert_close(observed[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    assert all(torch.equal(observed[name], expected[name]) for name in expected)
+
+
+@pytest.mark.slow
+def test_two_runs_started_in_a_taken_second_write_two_directories(tmp_path):
+    """Every second of the next minute is taken under ``output_dir`` (as by runs started then): two runs started
+    together each claim a directory of their own, with the suffixes, and leave the taken ones alone."""
+    import datetime
+
+    output_dir = tmp_path / "out"
+    now = datetime.datetime.now()
+    taken = {(now + datetime.timedelta(seconds=s)).strftime("%Y%m%d%H%M%S") for s in range(60)}
+    for name in taken:
+        (output_dir / name).mkdir(parents=True)
+    environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "lavis_glscl.train", "--cfg-path", str(TINY_RUN), "--options",
+               f"run.output_dir={output_dir}", "run.test_splits=[]"]
+    runs = [subprocess.Popen(command, cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True) for _ in range(2)]
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stdout.read()[-3000:]
+    written = sorted(path.parent.name for path in output_dir.glob("*/checkpoint_0.pth") if not path.parent.is_symlink())
+    assert len(written) == 2 and len(set(written)) == 2
+    assert all(name.rsplit("_", 1)[0] in taken and name not in taken for name in written)
+    assert all(not any((output_dir / name).iterdir()) for name in taken)
 
 
 def write_media(folder, modality, index, rng):

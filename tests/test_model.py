@@ -290,3 +290,12 @@ def test_extract_features_follow_lavis_feature_extractor_convention(tiny):
     torch.testing.assert_close(fused.multimodal_embeds, expected)
     with pytest.raises(ValueError, match="mode must be"):
         model.extract_features(batch, mode="fused")
+
+
+def test_extract_features_takes_a_string_as_one_caption_as_lavis_blip_does(tiny):
+    model = tiny("glscl_retrieval").eval()
+    caption = "a red circle above a blue square"
+    one = model.extract_features({"text_input": caption}, mode="text")
+    listed = model.extract_features({"text_input": [caption]}, mode="text")
+    assert one.text_embeds.shape[0] == 1
+    torch.testing.assert_close(one.text_embeds, listed.text_embeds)

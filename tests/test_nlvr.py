@@ -307,13 +307,13 @@ def test_nlvr_run_yamls_name_their_required_values_and_build(lavis_glscl, projec
     cfg_path = str(paths.PROJECT_DIR / project)
     if required:
         with pytest.raises(launch.ConfigError) as error:
-            launch.check_required_values(cfg_path, [])
+            launch.check_required_values(*launch.load_run_yaml(cfg_path, []))
         assert all(f"  {key}: " in str(error.value) for key in required)
     options = [f"{key}=/placeholder/{key}" for key in required]
-    launch.check_required_values(cfg_path, options)
-    launch.check_registered_names(cfg_path, options)
+    launch.check_required_values(*launch.load_run_yaml(cfg_path, options))
+    launch.check_registered_names(*launch.load_run_yaml(cfg_path, options))
     argv = ["--cfg-path", cfg_path] + (["--options", *options] if options else [])
-    cfg = launch.GlsclConfig(launch.parse_args("x", argv))
+    cfg = launch.LaunchConfig(launch.parse_args("x", argv))
     assert cfg.model_cfg.arch == "glscl_nlvr" and cfg.run_cfg.task == "multimodal_classification"
     model_options = {k: v for k, v in OmegaConf.to_container(cfg.model_cfg).items()
                      if k not in (*CHECKPOINT_KEYS, *LAVIS_ONLY_KEYS)}

@@ -40,10 +40,10 @@ def test_zero_shot_evaluation_recipe_builds_a_test_only_itm_scored_run(lavis_gls
     from lavis_glscl.models.base import CHECKPOINT_KEYS, LAVIS_ONLY_KEYS
 
     cfg_path = str(paths.PROJECT_DIR / project)
-    launch.check_required_values(cfg_path, ZERO_SHOT_OPTIONS)
-    launch.check_task_options(cfg_path, ZERO_SHOT_OPTIONS)
-    launch.check_registered_names(cfg_path, ZERO_SHOT_OPTIONS)
-    cfg = launch.GlsclConfig(launch.parse_args("x", ["--cfg-path", cfg_path, "--options", *ZERO_SHOT_OPTIONS]))
+    launch.check_required_values(*launch.load_run_yaml(cfg_path, ZERO_SHOT_OPTIONS))
+    launch.check_task_options(*launch.load_run_yaml(cfg_path, ZERO_SHOT_OPTIONS))
+    launch.check_registered_names(*launch.load_run_yaml(cfg_path, ZERO_SHOT_OPTIONS))
+    cfg = launch.LaunchConfig(launch.parse_args("x", ["--cfg-path", cfg_path, "--options", *ZERO_SHOT_OPTIONS]))
 
     options = {k: v for k, v in OmegaConf.to_container(cfg.model_cfg).items()
                if k not in (*CHECKPOINT_KEYS, *LAVIS_ONLY_KEYS)}

@@ -185,7 +185,7 @@ def test_slurm_without_a_rendezvous_address_names_what_to_set(lavis_glscl):
 def test_released_recipe_without_weight_paths_fails_before_building_anything(tmp_path):
     result = run_module("lavis_glscl.train", ["--cfg-path", "projects/glscl/pretrain/pretrain_base_4m.yaml"],
                         cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "model.vision_init.path: a local OpenAI CLIP ViT-B/16 file" in result.stdout
     assert "model.text.path: a local roberta-base directory" in result.stdout
     assert "Traceback" not in result.stdout and "Building" not in result.stdout

@@ -405,7 +405,7 @@ def test_the_lavis_corpora_yaml_trains_offline_on_local_files_in_proportion(lavi
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     project = paths.PROJECT_DIR / "glscl" / "pretrain" / "pretrain_lavis_corpora.yaml"
     with pytest.raises(launch.ConfigError, match="datasets.sbu_caption.build_info.annotations.train.storage"):
-        launch.check_required_values(str(project), [])  # the storage paths are the user's to give
+        launch.check_required_values(*launch.load_run_yaml(str(project), []))  # the storage paths are the user's to give
     write_images(tmp_path / "images", 8)
     files = {"coco_caption": [{"image": f"{i // 2}.png", "caption": f"coco {i}", "image_id": i // 2} for i in range(6)],
              "vg_caption": [{"image": f"{i}.png", "caption": f"region {i}"} for i in range(4)],

@@ -66,7 +66,7 @@ def test_non_finite_loss_skips_the_step_and_never_reaches_a_checkpoint(lavis_gls
 
     args = launch.parse_args("x", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={tmp_path}",
                                    "run.iters_per_epoch=3", "run.test_splits=[]"])
-    runner = launch.build_runner(launch.GlsclConfig(args))
+    runner = launch.build_runner(launch.LaunchConfig(args))
     model = runner.unwrap_dist_model(runner.model)
     real_forward = model.forward
     weights_at = {}

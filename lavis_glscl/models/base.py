@@ -1,22 +1,26 @@
 """What every lavis_glscl model shares: construction from a yaml of keyword arguments, checkpoint loading,
 frozen parameters."""
 import logging
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from lavis.models.base_model import BaseModel
 from omegaconf import OmegaConf
 from torch import nn
 
-from lavis_glscl.models.checkpoints import load_model_weights
+from lavis_glscl.models.checkpoints import DEFAULT_MIN_COVERAGE, collapse_names, load_model_weights
+from lavis_glscl.typed_options import check_value
 
-CHECKPOINT_KEYS = ("pretrained", "finetuned", "load_finetuned", "trust_checkpoint")
+# LAVIS's checkpoint keys and ours, with their types
+CHECKPOINT_KEYS = {"pretrained": Optional[str], "finetuned": Optional[str], "load_finetuned": Optional[bool],
+                   "trust_checkpoint": Optional[bool], "min_checkpoint_coverage": Optional[float]}
 LAVIS_ONLY_KEYS = ("arch", "model_type", "load_pretrained")
 
 
 class ConfiguredModel(BaseModel):
     """A LAVIS model whose config's ``model`` block holds its constructor's keyword arguments, plus LAVIS's
-    ``pretrained``/``finetuned``/``load_finetuned`` checkpoint keys and ``trust_checkpoint`` (unpickle that
-    checkpoint in full, objects beyond the allow-list of ``read_checkpoint`` included)."""
+    ``pretrained``/``finetuned``/``load_finetuned`` checkpoint keys, ``trust_checkpoint`` (load that checkpoint even
+    where reading it runs code: pickled objects beyond the allow-list of ``read_checkpoint``, TorchScript code) and
+    ``min_checkpoint_coverage`` (the share of the model's parameters the checkpoint must fill, default 0.5)."""
 
     PRETRAINED_MODEL_CONFIG_DICT: Dict[str, str] = {}
 
@@ -28,18 +32,38 @@ class ConfiguredModel(BaseModel):
         return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
 
     @classmethod
-    def from_config(cls, cfg):
+    def split_options(cls, cfg) -> Tuple[dict, dict]:
+        """A yaml ``model`` block as ``(constructor options, checkpoint options)``: LAVIS's own keys (``arch``,
+        ``model_type``, ...) dropped, the checkpoint keys type-checked."""
         options = OmegaConf.to_container(OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg, resolve=True)
-        checkpoint = {key: options.pop(key, None) for key in CHECKPOINT_KEYS}
-        model_type = options.get("model_type")
+        checkpoint = {key: check_value(options.pop(key, None), kind, f"model.{key}")
+                      for key, kind in CHECKPOINT_KEYS.items()}
+        checkpoint["model_type"] = options.get("model_type")
         for key in LAVIS_ONLY_KEYS:
             options.pop(key, None)
+        return options, checkpoint
+
+    @classmethod
+    def check_options(cls, cfg) -> None:
+        """Refuse, naming the key, what :meth:`from_config` would refuse, without building anything."""
+        cls.typed_options(cls.split_options(cfg)[0])
+
+    @classmethod
+    def typed_options(cls, options: dict):
+        """The constructor options read into the model's typed config (models without one take them as given)."""
+        return options
+
+    @classmethod
+    def from_config(cls, cfg):
+        options, checkpoint = cls.split_options(cfg)
         model = cls.build(options)
         model.freeze_unreached(model.reached_parameters())
         path = checkpoint["finetuned"] if checkpoint["load_finetuned"] else checkpoint["pretrained"]
         if path:
-            model.load_checkpoint(path, trust_checkpoint=bool(checkpoint["trust_checkpoint"]))
-        elif model_type == "base" and model.random_towers:
+            coverage = checkpoint["min_checkpoint_coverage"]
+            model.load_checkpoint(path, trust_checkpoint=bool(checkpoint["trust_checkpoint"]),
+                                  min_coverage=DEFAULT_MIN_COVERAGE if coverage is None else coverage)
+        elif checkpoint["model_type"] == "base" and model.random_towers:
             logging.warning("%s base: the %s encoder starts from random weights, unlike the released recipe (CLIP "
                             "ViT-B/16 and roberta-base): set model.vision_init and model.text.path with "
                             "text.pretrained: true, or model.pretrained", cls.__name__,
@@ -59,11 +83,13 @@ class ConfiguredModel(BaseModel):
     RELEASED_UNUSED_OK: Tuple[str, ...] = ()
     RELEASED_MISSING_OK: Tuple[str, ...] = ()
 
-    def load_checkpoint(self, url_or_filename, trust_checkpoint: bool = False):
+    def load_checkpoint(self, url_or_filename, trust_checkpoint: bool = False,
+                        min_coverage: float = DEFAULT_MIN_COVERAGE):
         """A local LAVIS, Lightning or bare checkpoint; returns the missing/unused key report.  Only with
-        ``trust_checkpoint`` may the file hold objects that need full unpickling (which runs their code)."""
+        ``trust_checkpoint`` may the file hold what only code can read; a file filling less than ``min_coverage`` of
+        the model's parameters is refused."""
         return load_model_weights(self, url_or_filename, self.RELEASED_UNUSED_OK, self.RELEASED_MISSING_OK,
-                                  trust_checkpoint)
+                                  trust_checkpoint, min_coverage)
 
     def freeze(self, prefixes: Iterable[str]) -> None:
         """Stop training parameters whose names start with any of ``prefixes``; HF's text pooler is always frozen
@@ -91,19 +117,3 @@ class ConfiguredModel(BaseModel):
             logging.info("%s: frozen, as no active objective reaches them: %s", type(self).__name__,
                          ", ".join(collapse_names(unreached, [name for name, _ in self.named_parameters()])))
         return unreached
-
-
-def collapse_names(names: Sequence[str], all_names: Sequence[str]) -> List[str]:
-    """``names`` with every module whose parameters are all in ``names`` written once as ``module.*``."""
-    chosen = set(names)
-    collapsed: List[str] = []
-    for name in names:
-        parts = name.split(".")
-        shortest = name
-        for depth in range(len(parts) - 1, 0, -1):
-            prefix = ".".join(parts[:depth]) + "."
-            if all(other in chosen for other in all_names if other.startswith(prefix)):
-                shortest = prefix + "*"
-        if shortest not in collapsed:
-            collapsed.append(shortest)
-    return collapsed

@@ -11,54 +11,25 @@
 Position embeddings of another resolution and temporal embeddings of another frame bound are resized by the
 ViT itself when loading (``VisionTransformer._load_from_state_dict``).
 
-Files are unpickled with ``torch.load(weights_only=True)`` and a short allow-list (``CHECKPOINT_SAFE_GLOBALS``);
-anything else needs ``trust_checkpoint``, as full unpickling runs whatever code the file carries.
+Files are read as data by :func:`lavis_glscl.serialization.read_checkpoint`; anything that would run code needs
+``trust_checkpoint``.
 """
-import argparse
 import logging
-import os
-import pickle
-import types
-import zipfile
 from typing import Dict, List, NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 from lavis_glscl.models.vision_transformer import VisionTransformer, hf_clip_vision_to_openai
+from lavis_glscl.serialization import read_checkpoint
+from lavis_glscl.typed_options import ConfigError
 
 RELEASED_VISION_PREFIX = "vision_transformer.visual."
 VISION_PREFIX = "vision_transformer."
 MAE_DECODER_PREFIXES = tuple(VISION_PREFIX + name for name in ("decoder_embed", "mask_token", "decoder_pos_embed",
                                                                 "decoder_blocks", "decoder_norm", "decoder_pred"))
-
-# What Lightning checkpoints (1.x and 2.x) of a METER-style module hold beyond tensors, containers and numbers.
-# Lightning is not installed, so its classes resolve to stand-ins (pickled name: stand-in):
-# - its hyper-parameter container ``AttributeDict``, under each module name it has had: plain ``dict``, as torch
-#   fills only exact dicts from pickled items (SETITEMS), so it refuses a dict subclass of ours;
-# - ``ModelCheckpoint``, by which Lightning <= 1.4 keyed that callback's state under ``callbacks``: its name.
-# ``argparse.Namespace`` is what older modules took as hyper-parameters.  Optimizer, LR-scheduler (LambdaLR) and
-# AMP-scaler states hold only tensors, numbers, strings and containers, which torch allows already.
-LIGHTNING_STAND_INS = {
-    "pytorch_lightning.utilities.parsing.AttributeDict": dict,
-    "lightning.fabric.utilities.data.AttributeDict": dict,
-    "lightning_fabric.utilities.data.AttributeDict": dict,
-    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint":
-        "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
-}
-CHECKPOINT_SAFE_GLOBALS = [(stand_in, name) for name, stand_in in LIGHTNING_STAND_INS.items()] + [argparse.Namespace]
-
-
-class StandInUnpickler(pickle.Unpickler):
-    """Full unpickling (of a trusted file) that resolves Lightning's classes to their stand-ins."""
-
-    def find_class(self, module, name):
-        return LIGHTNING_STAND_INS.get(f"{module}.{name}") or super().find_class(module, name)
-
-
-# a pickle_module for torch.load: the three attributes torch uses of one
-TRUSTED_PICKLE = types.SimpleNamespace(__name__="lavis_glscl_trusted_pickle", Unpickler=StandInUnpickler,
-                                       load=lambda file, **options: StandInUnpickler(file, **options).load())
+DEFAULT_MIN_COVERAGE = 0.5
+LISTED_KEYS = 12  # keys named per list in a refusal; the rest counted
 
 
 class LoadReport(NamedTuple):
@@ -69,46 +40,6 @@ class LoadReport(NamedTuple):
 def _load(module: nn.Module, state_dict: Dict[str, torch.Tensor]) -> LoadReport:
     result = module.load_state_dict(state_dict, strict=False)
     return LoadReport(sorted(result.missing_keys), sorted(result.unexpected_keys))
-
-
-def read_checkpoint(path: str, trust_checkpoint: bool = False):
-    """``torch.load`` a local file on the CPU (OpenAI's TorchScript CLIP files: their state dict).
-
-    Beyond tensors and containers, only ``CHECKPOINT_SAFE_GLOBALS`` are unpickled; a file holding anything else
-    is refused, naming what it holds, unless ``trust_checkpoint``: then it is unpickled in full, which runs
-    whatever code it carries.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist (lavis_glscl never downloads weights)")
-    if zipfile_is_torchscript(path):  # OpenAI's CLIP files are TorchScript archives
-        return torch.jit.load(path, map_location="cpu").state_dict()
-    try:
-        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        if not trust_checkpoint:
-            raise pickle.UnpicklingError(
-                f"{path} holds objects beyond tensors, containers and Lightning's hyper-parameters "
-                f"({unsafe_globals(path) or error}); unpickling them runs code the file carries. Load it only if "
-                "you trust it: trust_checkpoint: true in the model config (beside pretrained/finetuned)") from None
-    logging.warning("%s holds objects beyond the allow-list; unpickling it in full (trust_checkpoint)", path)
-    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=TRUSTED_PICKLE)
-
-
-def unsafe_globals(path: str) -> List[str]:
-    """The pickled classes and functions of the torch zip file ``path`` outside torch's and our allow-lists
-    (empty for a legacy, non-zip file, which torch cannot list)."""
-    if not zipfile.is_zipfile(path):
-        return []
-    with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-
-
-def zipfile_is_torchscript(path: str) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
 def load_clip_vision(vit: VisionTransformer, state_dict: Dict[str, torch.Tensor]) -> LoadReport:
@@ -159,18 +90,64 @@ def from_released_name(key: str) -> str:
     return key
 
 
-def initialise_vision(vit: VisionTransformer, format: str, path: str) -> LoadReport:
+def initialise_vision(vit: VisionTransformer, format: str, path: str, trust_checkpoint: bool = False,
+                      min_coverage: float = DEFAULT_MIN_COVERAGE) -> LoadReport:
     """CLIP vision weights for ``vit`` at construction: ``format`` ``openai`` (a state dict or OpenAI's TorchScript
-    file) or ``hf`` (a local ``CLIPVisionModel`` directory)."""
+    file, read as data) or ``hf`` (a local ``CLIPVisionModel`` directory).  Weights filling less than
+    ``min_coverage`` of the ViT's parameters are refused."""
     if format == "openai":
-        return load_clip_vision(vit, read_checkpoint(path))
-    if format == "hf":
-        return load_hf_clip_vision(vit, path)
-    raise ValueError(f"vision_init.format must be 'openai' or 'hf', got {format!r}")
+        report = load_clip_vision(vit, read_checkpoint(path, trust_checkpoint))
+    elif format == "hf":
+        report = load_hf_clip_vision(vit, path)
+    else:
+        raise ValueError(f"vision_init.format must be 'openai' or 'hf', got {format!r}")
+    check_coverage(vit, report, path, min_coverage, "vision_init.min_coverage")
+    return report
+
+
+def listed(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:LISTED_KEYS])
+    return f"[{shown}{f', ... {len(keys) - LISTED_KEYS} more' if len(keys) > LISTED_KEYS else ''}]"
+
+
+def check_coverage(model: nn.Module, report: LoadReport, path: str, min_coverage: float, option: str) -> float:
+    """The share of ``model``'s parameter values that the weights of ``path`` filled; :class:`ConfigError` with both
+    key lists (collapsed to modules) when it is below ``min_coverage``: a file of another model would otherwise leave
+    this one training from its random start with one log line."""
+    parameters = dict(model.named_parameters())
+    total = sum(param.numel() for param in parameters.values())
+    missing = set(report.missing)
+    filled = sum(param.numel() for name, param in parameters.items() if name not in missing)
+    share = filled / total if total else 1.0
+    if share < min_coverage:
+        names = list(model.state_dict())
+        lacking = collapse_names([name for name in names if name in missing], names)
+        raise ConfigError(
+            f"{path} fills {share:.1%} of {type(model).__name__}'s parameters, below {option} {min_coverage}: it "
+            f"looks like weights of another model. {type(model).__name__} keys it lacks ({len(report.missing)}): "
+            f"{listed(lacking)}; its keys {type(model).__name__} has no place for ({len(report.unused)}): "
+            f"{listed(report.unused)}")
+    return share
+
+
+def collapse_names(names: Sequence[str], all_names: Sequence[str]) -> List[str]:
+    """``names`` with every module whose parameters are all in ``names`` written once as ``module.*``."""
+    chosen = set(names)
+    collapsed: List[str] = []
+    for name in names:
+        parts = name.split(".")
+        shortest = name
+        for depth in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:depth]) + "."
+            if all(other in chosen for other in all_names if other.startswith(prefix)):
+                shortest = prefix + "*"
+        if shortest not in collapsed:
+            collapsed.append(shortest)
+    return collapsed
 
 
 def load_model_weights(model: nn.Module, path: str, unused_ok: Sequence[str] = (), missing_ok: Sequence[str] = (),
-                       trust_checkpoint: bool = False) -> LoadReport:
+                       trust_checkpoint: bool = False, min_coverage: float = DEFAULT_MIN_COVERAGE) -> LoadReport:
     """Weights from a LAVIS checkpoint (``model`` inside), a Lightning checkpoint (``state_dict`` inside: the
     released GLSCL files, or files in lavis_glscl's names) or a bare state dict, loaded by name after
     ``from_released_name``.  A ``temporal_embed`` the weights lack starts at zero (and is reported missing).
@@ -178,7 +155,8 @@ def load_model_weights(model: nn.Module, path: str, unused_ok: Sequence[str] = (
     LAVIS checkpoints load leniently, as LAVIS does (missing keys are logged).  A Lightning checkpoint is held
     to its names: a key the model lacks, except under ``unused_ok`` prefixes (the MAE decoder), or a model key
     it lacks, except under ``missing_ok`` prefixes (heads the release does not have), raises with the lists.
-    Unused keys are reported in the file's names.  ``trust_checkpoint``: see ``read_checkpoint``.
+    Unused keys are reported in the file's names.  ``trust_checkpoint``: see ``read_checkpoint``.  Weights filling
+    less than ``min_coverage`` of the model's parameters are refused (:func:`check_coverage`).
     """
     checkpoint = read_checkpoint(path, trust_checkpoint)
     lightning = isinstance(checkpoint, dict) and "state_dict" in checkpoint and "model" not in checkpoint
@@ -193,4 +171,5 @@ def load_model_weights(model: nn.Module, path: str, unused_ok: Sequence[str] = (
         missing = [k for k in report.missing if k not in zeroed and not k.startswith(tuple(missing_ok))]
         if unexpected or missing:
             raise KeyError(f"{path} does not match {type(model).__name__}: missing {missing}, unused {unexpected}")
+    check_coverage(model, report, path, min_coverage, "model.min_checkpoint_coverage")
     return report

@@ -1,5 +1,5 @@
 """The text tower: a Hugging Face ``AutoModel`` (BERT or RoBERTa family) and its tokenizer, from local files."""
-from typing import List, Mapping, NamedTuple, Optional, Tuple
+from typing import List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -52,9 +52,11 @@ class TextBatch(NamedTuple):
     maskable: torch.Tensor  # [B, L] bool: real, non-special tokens
 
 
-def tokenize(tokenizer: PreTrainedTokenizerBase, captions: List[str], max_length: int, device) -> TextBatch:
-    """Pad to the longest caption of the batch, truncate to ``max_length``."""
-    encoded = tokenizer(list(captions), padding="longest", truncation=True, max_length=max_length,
+def tokenize(tokenizer: PreTrainedTokenizerBase, captions: Union[str, List[str]], max_length: int, device) -> TextBatch:
+    """Pad to the longest caption of the batch, truncate to ``max_length``; a string is one caption (as LAVIS's
+    models take ``text_input``)."""
+    captions = [captions] if isinstance(captions, str) else list(captions)
+    encoded = tokenizer(captions, padding="longest", truncation=True, max_length=max_length,
                         return_special_tokens_mask=True, return_tensors="pt").to(device)
     maskable = encoded.attention_mask.bool() & ~encoded.special_tokens_mask.bool()
     return TextBatch(encoded.input_ids, encoded.attention_mask, maskable)

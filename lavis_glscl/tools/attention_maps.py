@@ -27,7 +27,7 @@ import lavis_glscl  # noqa: F401  (registers the models and processors)
 from lavis_glscl.align_bench.attention import cross_attention_probe
 from lavis_glscl.align_bench.scoring import GLOBAL_QUERY_INDEX, UnscorablePhrase, phrase_tokens
 from lavis_glscl.datasets.datasets import load_rgb
-from lavis_glscl.launch import GlsclConfig
+from lavis_glscl.launch import LaunchConfig
 from lavis_glscl.paths import run_config_path
 
 FIGURE_PIXELS = 400
@@ -46,7 +46,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_model(cfg: GlsclConfig, checkpoint: Optional[str]):
+def build_model(cfg: LaunchConfig, checkpoint: Optional[str]):
     """The run's model in eval mode, with ``checkpoint``'s weights when given."""
     model_cfg = cfg.model_cfg.copy()
     if checkpoint:
@@ -57,7 +57,7 @@ def build_model(cfg: GlsclConfig, checkpoint: Optional[str]):
     return model.eval()
 
 
-def eval_processors(cfg: GlsclConfig):
+def eval_processors(cfg: LaunchConfig):
     """The eval image and text processors of the run's first dataset, else those of the model type."""
     for dataset_cfg in (cfg.datasets_cfg or {}).values():
         vis = OmegaConf.select(dataset_cfg, "vis_processor.eval")
@@ -105,7 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    cfg = GlsclConfig(argparse.Namespace(cfg_path=run_config_path(args.cfg_path), options=[]))
+    cfg = LaunchConfig(argparse.Namespace(cfg_path=run_config_path(args.cfg_path), options=[]))
     model = build_model(cfg, args.checkpoint)
     vis_processor, text_processor = eval_processors(cfg)
     process_text = text_processor or (lambda text: text)

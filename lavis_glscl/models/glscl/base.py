@@ -50,8 +50,12 @@ class GlsclBase(ConfiguredModel):
     NUM_TOKEN_TYPES = 2
 
     @classmethod
+    def typed_options(cls, options: Mapping) -> GlsclConfig:
+        return GlsclConfig.from_options(options)
+
+    @classmethod
     def build(cls, options: Mapping) -> "GlsclBase":
-        config = GlsclConfig.from_options(options)
+        config = cls.typed_options(options)
         model = cls(config)
         model.freeze(config.freeze)  # after the subclass's own heads exist
         return model
@@ -62,7 +66,9 @@ class GlsclBase(ConfiguredModel):
         self.max_text_length = config.text.max_length
         self.vision_transformer = VisionTransformer(**vars(config.vision))
         if config.vision_init:
-            report = initialise_vision(self.vision_transformer, config.vision_init.format, config.vision_init.path)
+            init = config.vision_init
+            report = initialise_vision(self.vision_transformer, init.format, init.path, init.trust_checkpoint,
+                                       init.min_coverage)
             logging.info("CLIP vision weights from %s: missing %s, unused %s", config.vision_init.path,
                          report.missing, report.unused)
         self.text_transformer, self.tokenizer = build_text_encoder(config.text.path, config.text.pretrained,

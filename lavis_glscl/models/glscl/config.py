@@ -4,25 +4,16 @@ The yaml keeps the released recipe's flat names (``mgsc_image_mask_ratio``, ``lo
 tower (``vision``, ``text``, ``fusion``); :meth:`GlsclConfig.from_options` turns them into dataclasses and refuses
 unknown keys with the known ones listed, so a typo fails when the model is built.
 """
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
+
+from lavis_glscl.typed_options import build_dataclass
 
 OBJECTIVES = ("itc", "itm", "mlm", "mgsc", "mltc", "rank")
 # random: half the rows get a random batch image (released); hard: ALBEF's ITC-sampled image and caption per row;
 # partner: in batches of groups (train_batch_group_size), the next row of the group's image and caption (a clip's
 # time reversal and its opposite caption in the shapes video set), random where the batch has no groups
 ITM_NEGATIVES = ("random", "hard", "partner")
-
-
-def build_dataclass(cls, options: Optional[Mapping], where: str):
-    """``cls(**options)``, with an error naming ``where`` and the known fields for an unknown key."""
-    options = dict(options or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"unknown {where} option(s) {unknown}; known: {sorted(known)}")
-    return cls(**options)
 
 
 def objective_of(loss_name: str) -> str:
@@ -59,6 +50,10 @@ class VisionInit:
 
     path: str
     format: str = "openai"
+    # a file that only torch.jit.load or full unpickling can read runs code: only when trusted
+    trust_checkpoint: bool = False
+    # refuse weights that fill less than this share of the ViT's parameters
+    min_coverage: float = 0.5
 
     def __post_init__(self):
         if self.format not in ("openai", "hf"):
@@ -145,17 +140,9 @@ class GlsclConfig:
 
     @classmethod
     def from_options(cls, options: Mapping) -> "GlsclConfig":
-        """The config of a yaml ``model`` block (LAVIS's own keys already removed)."""
-        options = dict(options)
-        towers = {
-            "vision": build_dataclass(VisionConfig, options.pop("vision", None), "vision"),
-            "text": build_dataclass(TextConfig, options.pop("text", None), "text"),
-            "fusion": build_dataclass(FusionConfig, options.pop("fusion", None), "fusion"),
-        }
-        vision_init = options.pop("vision_init", None)
-        if vision_init:
-            towers["vision_init"] = build_dataclass(VisionInit, vision_init, "vision_init")
-        return build_dataclass(cls, {**options, **towers}, "model")
+        """The config of a yaml ``model`` block (LAVIS's own keys already removed); unknown keys and values of the
+        wrong type are refused with the key named."""
+        return build_dataclass(cls, options, "model")
 
     @property
     def active_objectives(self) -> List[str]:

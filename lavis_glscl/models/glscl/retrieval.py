@@ -78,10 +78,10 @@ class GlsclRetrieval(GlsclPretrain):
         reach["rank"] = [*self.fused_pair_reach(), *([self.rank_output] if hasattr(self, "rank_output") else [])]
         return reach
 
-    def load_checkpoint(self, url_or_filename, trust_checkpoint: bool = False):
+    def load_checkpoint(self, url_or_filename, trust_checkpoint: bool = False, min_coverage: float = 0.5):
         """As the base's; a checkpoint without ``rank_output`` (any pre-training one) re-initialises it from its
         ITM head, as the released fine-tuning does."""
-        report = super().load_checkpoint(url_or_filename, trust_checkpoint)
+        report = super().load_checkpoint(url_or_filename, trust_checkpoint, min_coverage)
         if hasattr(self, "rank_output") and "rank_output.weight" in report.missing:
             self.init_rank_output()
         return report

@@ -48,7 +48,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from lavis_glscl import distributed
 from lavis_glscl.datasets.loaders import TrainBatches
 from lavis_glscl.optims import GroupScaledScheduler, default_param_groups
-from lavis_glscl.stopping import PlateauRule
+from lavis_glscl.runners.options import RunOptions
+from lavis_glscl.serialization import read_checkpoint
+from lavis_glscl.typed_options import ConfigError
 
 
 def rng_state() -> dict:
@@ -118,18 +120,15 @@ class RunnerGlscl(RunnerBase):
     ``adam_eps``, ``max_grad_norm``."""
 
     def __init__(self, cfg, task, model, datasets, job_id):
+        self.options = RunOptions.from_config(cfg.run_cfg)
         super().__init__(cfg, task, model, datasets, job_id)
-        save_freq = int(cfg.run_cfg.get("save_freq_iters", 0) or 0)
-        if save_freq % self.accum_grad_iters:
-            raise ValueError(f"run.save_freq_iters ({save_freq}) must be a multiple of run.accum_grad_iters "
-                             f"({self.accum_grad_iters}): a mid-epoch checkpoint would drop accumulated gradients")
         self.best = {"agg_metrics": 0.0, "epoch": 0, "saved": False}
-        self.plateau = PlateauRule.from_config(cfg.run_cfg.get("plateau", None))
+        self.plateau = self.options.plateau
         self.test_results = None
 
     # ------------------------------------------------------------------ setup
     def setup_output_dir(self):
-        output_dir = Path(self.config.run_cfg.output_dir).expanduser().resolve() / self.job_id
+        output_dir = Path(self.options.output_dir).expanduser().resolve() / self.job_id
         result_dir = output_dir / "result"
         result_dir.mkdir(parents=True, exist_ok=True)
         for name, path in (("result_dir", result_dir), ("output_dir", output_dir)):
@@ -151,7 +150,7 @@ class RunnerGlscl(RunnerBase):
             if self.use_distributed:
                 device_ids = [self.config.run_cfg.gpu] if self.cuda_enabled else None
                 skips = getattr(self._model, "skips_parameters_on_some_batches", lambda: False)()
-                find_unused = bool(self.config.run_cfg.get("find_unused_parameters", False)) or skips
+                find_unused = self.options.find_unused_parameters or skips
                 self._wrapped_model = DistributedDataParallel(self._model, device_ids=device_ids,
                                                               find_unused_parameters=find_unused)
             else:
@@ -161,24 +160,23 @@ class RunnerGlscl(RunnerBase):
     @property
     def optimizer(self):
         if self._optimizer is None:
-            run_cfg = self.config.run_cfg
+            options = self.options
             model = self.unwrap_dist_model(self.model)
-            weight_decay = float(run_cfg.weight_decay)
+            weight_decay = options.weight_decay
             groups = (model.get_optimizer_params(weight_decay) if hasattr(model, "get_optimizer_params")
                       else default_param_groups(model, weight_decay))
             logging.info("number of trainable parameters: %d", sum(p.numel() for g in groups for p in g["params"]))
             self._optimizer = torch.optim.AdamW(groups, lr=self.init_lr, weight_decay=weight_decay,
-                                                betas=(0.9, float(run_cfg.get("beta2", 0.999))),
-                                                eps=float(run_cfg.get("adam_eps", 1e-8)))
+                                                betas=(0.9, options.beta2), eps=options.adam_eps)
         return self._optimizer
 
     @property
     def amp_dtype(self) -> torch.dtype:
-        return {"float16": torch.float16, "bfloat16": torch.bfloat16}[self.config.run_cfg.get("amp_dtype", "float16")]
+        return {"float16": torch.float16, "bfloat16": torch.bfloat16}[self.options.amp_dtype]
 
     @property
     def use_amp(self) -> bool:
-        return bool(self.config.run_cfg.get("amp", False))
+        return self.options.amp
 
     @property
     def scaler(self):
@@ -189,14 +187,14 @@ class RunnerGlscl(RunnerBase):
     @property
     def lr_scheduler(self):
         if self._lr_sched is None:
-            run_cfg = self.config.run_cfg
-            scheduler_cls = registry.get_lr_scheduler_class(run_cfg.lr_sched)
+            options = self.options
+            scheduler_cls = registry.get_lr_scheduler_class(options.lr_sched)
             # LAVIS's step scheduler takes decay_rate=None literally; its own default is 1
-            decay = {"decay_rate": run_cfg.lr_decay_rate} if run_cfg.get("lr_decay_rate") is not None else {}
+            decay = {"decay_rate": options.lr_decay_rate} if options.lr_decay_rate is not None else {}
             scheduler = scheduler_cls(
                 optimizer=self.optimizer, max_epoch=self.max_epoch, min_lr=self.min_lr, init_lr=self.init_lr,
-                warmup_start_lr=run_cfg.get("warmup_lr", -1), warmup_steps=run_cfg.get("warmup_steps", 0),
-                warmup_ratio=run_cfg.get("warmup_ratio", 0.1), iters_per_epoch=len(self.train_loader), **decay)
+                warmup_start_lr=options.warmup_lr, warmup_steps=options.warmup_steps,
+                warmup_ratio=options.warmup_ratio, iters_per_epoch=len(self.train_loader), **decay)
             self._lr_sched = (scheduler if getattr(scheduler, "applies_lr_scale", False)
                               else GroupScaledScheduler(scheduler, self.optimizer))
         return self._lr_sched
@@ -204,7 +202,7 @@ class RunnerGlscl(RunnerBase):
     @property
     def dataloaders(self) -> dict:
         if self._dataloaders is None:
-            run_cfg = self.config.run_cfg
+            options = self.options
             rank, world_size = distributed.world()
             by_split = reorg_datasets_by_split(self.datasets)
             self.datasets, self._dataloaders = {}, {}
@@ -212,9 +210,9 @@ class RunnerGlscl(RunnerBase):
                 if split in self.train_splits:
                     self.datasets[split] = datasets
                     self._dataloaders[split] = TrainBatches(
-                        datasets, int(run_cfg.batch_size_train), rank, world_size, int(run_cfg.seed),
-                        run_cfg.get("train_dataset_ratios", None), run_cfg.get("iters_per_epoch", None),
-                        int(run_cfg.num_workers), pin_memory=self.cuda_enabled)
+                        datasets, options.batch_size_train, rank, world_size, options.seed,
+                        options.train_dataset_ratios, options.iters_per_epoch, options.num_workers,
+                        pin_memory=self.cuda_enabled)
                     continue
                 if len(datasets) != 1:
                     raise ValueError(f"split {split!r} has {len(datasets)} datasets; evaluation needs exactly one")
@@ -222,8 +220,8 @@ class RunnerGlscl(RunnerBase):
                 sampler = (DistributedSampler(dataset, shuffle=False)
                            if self.use_distributed and self.use_dist_eval_sampler else None)
                 self._dataloaders[split] = DataLoader(
-                    dataset, batch_size=int(run_cfg.batch_size_eval), sampler=sampler, shuffle=False,
-                    num_workers=int(run_cfg.num_workers), pin_memory=self.cuda_enabled,
+                    dataset, batch_size=options.batch_size_eval, sampler=sampler, shuffle=False,
+                    num_workers=options.num_workers, pin_memory=self.cuda_enabled,
                     collate_fn=getattr(dataset, "collater", None))
         return self._dataloaders
 
@@ -294,11 +292,10 @@ class RunnerGlscl(RunnerBase):
         """One epoch (from ``start_iter`` when resuming); returns the epoch's mean losses and skip counts."""
         model = self.model
         model.train()
-        run_cfg = self.config.run_cfg
         loader = self.train_loader
         iters = len(loader)
         accum = self.accum_grad_iters
-        save_freq = int(run_cfg.get("save_freq_iters", 0) or 0)
+        save_freq = self.options.save_freq_iters
         sums: Dict[str, float] = defaultdict(float)
         counts = {"steps": 0, "image_steps": 0, "video_steps": 0, "skipped_samples": 0, "nonfinite_steps": 0}
         timer = StepTimer(iters)
@@ -362,7 +359,7 @@ class RunnerGlscl(RunnerBase):
 
     def _optimizer_step(self) -> Optional[torch.Tensor]:
         """Clip (``max_grad_norm``), step and zero the gradients; returns the norm before clipping, if clipped."""
-        max_norm = self.config.run_cfg.get("max_grad_norm", None)
+        max_norm = self.options.max_grad_norm
         grad_norm = None
         if max_norm:
             if self.scaler is not None:
@@ -487,8 +484,22 @@ class RunnerGlscl(RunnerBase):
         if not is_best and iteration is None:
             self._prune_epoch_checkpoints(cur_epoch)
 
+    def _check_same_architecture(self, path: str, checkpoint: dict) -> None:
+        """Refuse, naming both, to resume a run of one model from a checkpoint of another (its config says which)."""
+        if not isinstance(checkpoint, dict) or "model" not in checkpoint or "optimizer" not in checkpoint:
+            raise ConfigError(f"run.resume_ckpt_path {path} is not a training checkpoint (model, optimizer, epoch); to "
+                              "start from its weights, set model.pretrained instead")
+        saved = (checkpoint.get("config") or {}).get("model") or {}
+        current = self.config.model_cfg
+        ours = (current.get("arch"), current.get("model_type"))
+        theirs = (saved.get("arch"), saved.get("model_type"))
+        if saved and ours != theirs:
+            raise ConfigError(f"run.resume_ckpt_path {path} is a checkpoint of {theirs[0]} ({theirs[1]}), this run "
+                              f"builds {ours[0]} ({ours[1]}): resume with the same model.arch and model.model_type, "
+                              "or start from its weights with model.pretrained")
+
     def _prune_epoch_checkpoints(self, cur_epoch: int) -> None:
-        keep = self.config.run_cfg.get("keep_last_checkpoints", None)
+        keep = self.options.keep_last_checkpoints
         if not keep:
             return
         for epoch in range(cur_epoch - int(keep), -1, -1):
@@ -500,8 +511,9 @@ class RunnerGlscl(RunnerBase):
     def _load_checkpoint(self, url_or_filename):
         """Restore the full training state; returns ``(start_epoch, start_iter)``."""
         if not os.path.isfile(url_or_filename):
-            raise FileNotFoundError(f"resume_ckpt_path {url_or_filename} does not exist")
-        checkpoint = torch.load(url_or_filename, map_location="cpu", weights_only=True)
+            raise ConfigError(f"run.resume_ckpt_path {url_or_filename} does not exist")
+        checkpoint = read_checkpoint(url_or_filename)
+        self._check_same_architecture(url_or_filename, checkpoint)
         self.unwrap_dist_model(self.model).load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scaler is not None and checkpoint.get("scaler"):
