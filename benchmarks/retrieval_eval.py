@@ -100,7 +100,7 @@ def lavis_albef_evaluator_vs_batched(size: int, k: int, device: str):
                                         encoder_attention_mask=encoder_mask, return_dict=True)
             return model.itm_head(output.last_hidden_state[:, 0])[:, 1]
 
-        return score_matrices(sims, score_pairs, RetrievalOptions(k_test=k))
+        return score_matrices(sims, score_pairs, RetrievalOptions(k_test=k))["rerank"]
 
     with contextlib.redirect_stdout(io.StringIO()):  # LAVIS's evaluator prints its progress
         (lavis_i2t, lavis_t2i), lavis_s = timed(lambda: lavis_albef_sim_matrix(model, loader, k_test=k))

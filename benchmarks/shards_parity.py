@@ -3,7 +3,7 @@
     python benchmarks/shards_parity.py [--map-seeds 42 1 2] [--shard-seeds 42 1 2] [--steps 64] [--fresh]
 
 Writes the shapes demo's 6,000 training pairs into 24 shards with ``make_shards``, then trains the ``demo`` model
-with ``projects/glscl/demo/pretrain_shapes.yaml`` (map-style) and ``pretrain_shapes_shards.yaml`` (shards), the
+with ``projects/glscl/demo/pretrain_shapes_scratch.yaml`` (map-style) and ``pretrain_shapes_shards.yaml`` (shards), the
 same steps and batch, each seed in a fresh process (``run.seed`` varies the model's initialisation, the sample order
 and the augmentations; the model's ``mask_seed`` stays as configured), and reports LAVIS's retrieval metrics on the
 500-image test split.  A shard run passes when its R@5 (both directions) lies inside the range of the map-style
@@ -26,7 +26,7 @@ from pathlib import Path
 from common import RESULTS_DIR, result_name, save, timed
 
 REPO = Path(__file__).resolve().parent.parent
-YAMLS = {"map": "projects/glscl/demo/pretrain_shapes.yaml", "shards": "projects/glscl/demo/pretrain_shapes_shards.yaml"}
+YAMLS = {"map": "projects/glscl/demo/pretrain_shapes_scratch.yaml", "shards": "projects/glscl/demo/pretrain_shapes_shards.yaml"}
 METRIC = re.compile(r"^\s*(txt_r1|txt_r5|txt_r10|img_r1|img_r5|img_r10|agg_metrics): ([0-9.]+)$", re.M)
 STEP_LINE = re.compile(r"Train: epoch \[\d+\] \[(\d+)/\d+\].* time: ([0-9.]+)  data: ([0-9.]+)")
 

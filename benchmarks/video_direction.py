@@ -231,7 +231,7 @@ def probe_captions(steps: List[int], seed: int = 0) -> Dict[str, dict]:
     return result
 
 
-DEMO_VIDEO = "projects/glscl/demo/pretrain_shapes_video.yaml"
+DEMO_VIDEO = "projects/glscl/demo/pretrain_shapes_video_scratch.yaml"
 
 
 # How the training clips are read, by case suffix.  "": the training processor with a random frame per segment and a

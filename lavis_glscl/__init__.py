@@ -23,7 +23,7 @@ import lavis.common.optims  # noqa: F401  (LAVIS's LR schedulers)
 import lavis.runners  # noqa: F401  (runner_base, runner_iter)
 from lavis.common.registry import registry
 
-from lavis_glscl import align_bench, optims, processors, runners, tasks  # noqa: F401
+from lavis_glscl import align_bench, cached_runs, optims, processors, runners, tasks  # noqa: F401
 from lavis_glscl.datasets import builders, nlvr, vqa  # noqa: F401
 from lavis_glscl.models import albef_glscl, glscl, lavis_baselines, matching_dual_encoder  # noqa: F401
 from lavis_glscl.paths import cache_dir
@@ -32,6 +32,7 @@ from lavis_glscl.paths import cache_dir
 # where that does not exist, relative dataset paths resolve under lavis_glscl's cache instead.
 if not os.path.isdir(registry.get_path("cache_root")):
     registry.mapping["paths"]["cache_root"] = str(cache_dir() / "lavis")
+cached_runs.register_resolver()  # ${cached_run:<run yaml>}: the final checkpoint of a run trained once
 
 __version__ = "0.1.0"
 

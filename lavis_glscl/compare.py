@@ -5,8 +5,12 @@ resolution), changed only by its ``options``, once per seed of ``seeds`` or of i
 the run's ``seed_options`` with ``{seed}`` filled in); ``plateau`` stops each training on a plateau rule instead of
 after a fixed step count (see :mod:`lavis_glscl.stopping`).  ``evaluations`` re-test a run's trained weights with other
 options (e.g. a score normaliser); ``tests`` are other run yamls (other tasks and data, e.g. ALIGN-BENCH) every
-trained run is also tested with, their metrics joining the run's where it has none of that name.  Every metric is
-read from the ``evaluate.txt`` that LAVIS's own task evaluator wrote.
+trained run is also tested with, their metrics joining the run's where it has none of that name; ``finetunes`` are
+run yamls trained from each trained run's checkpoint (``{checkpoint}`` and ``{seed}`` in their options), as the paper
+measures pre-training by downstream tasks, their metrics joining the run's under the fine-tune's ``name`` as a prefix
+(``ret_txt_r5``); a row's own ``finetunes`` replace the shared ones.  Every metric is read from the ``evaluate.txt``
+that LAVIS's own task evaluator wrote; ``scale`` multiplies named metrics (LAVIS's classification accuracy is a
+fraction).
 
 A row reports each metric's mean and sample standard deviation over its seeds (the per-seed values, steps and
 minutes in ``results.json``), the mean steps it trained and the mean minutes per seed (training and its tests, or
@@ -26,6 +30,12 @@ Compare yaml::
       plateau: {metric: train_loss, window: 3, min_delta: 0.02, relative: true}  # optional
       options: [run.max_epoch=20, run.iters_per_epoch=10]  # applied to every run
       tests: [projects/glscl/demo/align_bench_shapes.yaml]  # optional
+      finetunes:                                          # optional
+        - {name: nlvr, cfg: projects/glscl/demo/finetune_nlvr_shapes.yaml, options: ["model.pretrained={checkpoint}"]}
+      scale: {nlvr_acc: 100}                              # optional
+      tables:                                             # optional: several tables of one set of runs
+        - {title: Zero-shot retrieval, metrics: [itc_txt_r5, rerank_txt_r5]}
+        - {title: Downstream, metrics: [nlvr_acc]}
       runs:
         - name: GLSCL
           options: []
@@ -61,16 +71,19 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "run"
 
 
-def read_metrics(output_dir: Path) -> Dict[str, float]:
-    """The last metrics LAVIS's evaluator wrote under ``output_dir`` (plus the ``glscl_retrieval`` extras)."""
-    files = sorted(output_dir.rglob("evaluate.txt"))
+def read_metrics(output_dir: Path, split: str = "test") -> Dict[str, float]:
+    """The numeric metrics of ``split`` that LAVIS's task evaluator wrote into the newest ``evaluate.txt`` under
+    ``output_dir``: each line is one evaluation's flat JSON metrics (lavis_glscl's tasks add ``split``; LAVIS's own
+    tasks write lines without it, taken as the split evaluated)."""
+    files = sorted(output_dir.rglob("evaluate.txt"), key=lambda path: path.stat().st_mtime)
     if not files:
         raise FileNotFoundError(f"no evaluate.txt under {output_dir}")
-    metrics: Dict[str, float] = {}
-    for line in files[-1].read_text().splitlines():
-        record = json.loads(line)
-        metrics.update(record.get("glscl", record))
-    return metrics
+    records = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+    chosen = [record for record in records if record.get("split", split) == split]
+    if not chosen:
+        raise KeyError(f"{files[-1]} holds no metrics of split {split!r}")
+    return {key: float(value) for key, value in chosen[-1].items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def read_steps(output_dir: Path) -> Optional[int]:
@@ -216,31 +229,43 @@ def figure(rows: List[dict], metrics: List[str], path: Path) -> None:
     FigureCanvasAgg(canvas_figure).print_png(str(path))
 
 
-def finished_record(run_dir: Path, options: List[str], tests: List[str]) -> Optional[dict]:
-    """The record a finished run with exactly these ``options``, tested with these ``tests``, left in ``run_dir``, so
-    that a compare interrupted after hours resumes at the first unfinished seed; None when there is none or it was
-    trained or tested otherwise."""
+def finished_record(run_dir: Path, options: List[str], tests: List[str], finetunes: List[dict]) -> Optional[dict]:
+    """The record a finished run with exactly these ``options``, tested with these ``tests`` and ``finetunes``, left in
+    ``run_dir``, so that a compare interrupted after hours resumes at the first unfinished seed; None when there is
+    none or it was trained or tested otherwise."""
     path = run_dir / RECORD_FILE
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    return record if (record.get("options"), record.get("tests")) == (options, tests) else None
+    done = (record.get("options"), record.get("tests"), record.get("finetunes", []))
+    return record if done == (options, tests, finetunes) else None
 
 
-def train_and_test(base: str, tests: List[str], options: List[str], run_dir: Path, seed: Optional[int]) -> dict:
-    """Train one seed of a row from ``base`` and test it with the row's evaluator and every yaml of ``tests``."""
+def train_and_test(base: str, tests: List[str], finetunes: List[dict], options: List[str], run_dir: Path,
+                   seed: Optional[int]) -> dict:
+    """Train one seed of a row from ``base``, test it with the row's evaluator and every yaml of ``tests``, and train
+    and test every fine-tune from its checkpoint."""
     log_name = run_dir.name
     minutes = _run("lavis_glscl.train", base, options + [f"run.output_dir={run_dir}"],
                    run_dir.parent / f"{log_name}.log")
     metrics = read_metrics(run_dir)
+    checkpoint = last_checkpoint(run_dir)
     for test in tests:
         test_dir = run_dir.parent / f"{log_name}_{slug(Path(test).stem)}"
         minutes += _run("lavis_glscl.evaluate", run_config_path(test), trained_model_options(base, options) + [
-            f"run.output_dir={test_dir}", "model.load_finetuned=true",
-            f"model.finetuned={last_checkpoint(run_dir)}"], test_dir.with_suffix(".log"))
+            f"run.output_dir={test_dir}", "model.load_finetuned=true", f"model.finetuned={checkpoint}"],
+            test_dir.with_suffix(".log"))
         metrics = {**read_metrics(test_dir), **metrics}
+    for finetune in finetunes:
+        finetune_dir = run_dir.parent / f"{log_name}_{slug(finetune['name'])}"
+        filled = [option.format(checkpoint=checkpoint, seed=seed) for option in finetune.get("options") or []]
+        seeded = [] if seed is None else [f"run.seed={seed}"]
+        minutes += _run("lavis_glscl.train", run_config_path(finetune["cfg"]),
+                        seeded + filled + [f"run.output_dir={finetune_dir}"], finetune_dir.with_suffix(".log"))
+        metrics.update({f"{finetune['name']}_{key}": value for key, value in read_metrics(finetune_dir).items()})
     return {"seed": seed, "metrics": metrics, "minutes": float(minutes[0]), "cpu_minutes": float(minutes[1]),
-            "steps": read_steps(run_dir), "output_dir": str(run_dir), "options": options, "tests": tests}
+            "steps": read_steps(run_dir), "output_dir": str(run_dir), "options": options, "tests": tests,
+            "finetunes": finetunes}
 
 
 def seed_run_options(cfg, run, seed: Optional[int]) -> List[str]:
@@ -263,12 +288,14 @@ def compare(cfg) -> List[dict]:
             run_dir = output_dir / f"{slug(run.name)}{suffix}"
             options = seed_run_options(cfg, run, seed)
             tests = list(cfg.get("tests") or [])
-            record = finished_record(run_dir, options, tests)
+            finetunes = plain(run.finetunes if "finetunes" in run else cfg.get("finetunes") or [])
+            record = finished_record(run_dir, options, tests, finetunes)
             if record is None:
-                record = train_and_test(base, tests, options, run_dir, seed)
+                record = train_and_test(base, tests, finetunes, options, run_dir, seed)
                 (run_dir / RECORD_FILE).write_text(json.dumps(record, indent=2))
             else:
                 print(f"{run.name}{suffix}: reusing the finished run in {run_dir}", flush=True)
+            record["metrics"] = scaled(record["metrics"], plain(cfg.get("scale") or {}))
             trained.append(record)
             print(f"{run.name}{suffix}: {record['metrics']}", flush=True)
             for evaluation in run.get("evaluations") or []:
@@ -276,25 +303,43 @@ def compare(cfg) -> List[dict]:
                 eval_minutes = _run("lavis_glscl.evaluate", base, options + list(evaluation.get("options") or []) + [
                     f"run.output_dir={eval_dir}", "run.evaluate=true", "model.load_finetuned=true",
                     f"model.finetuned={last_checkpoint(run_dir)}"], output_dir / f"{slug(evaluation.name)}{suffix}.log")
-                evaluated[evaluation.name].append({"seed": seed, "metrics": read_metrics(eval_dir),
+                evaluated[evaluation.name].append({"seed": seed,
+                                                   "metrics": scaled(read_metrics(eval_dir), plain(cfg.get("scale") or {})),
                                                    "minutes": float(eval_minutes[0]),
                                                    "cpu_minutes": float(eval_minutes[1])})
         rows.append({**summarise(run.name, trained), "baseline": run.get("baseline")})
         rows += [summarise(name, records) for name, records in evaluated.items()]
-    metrics = list(cfg.metrics)
+    tables = plain(cfg.tables) if cfg.get("tables") else [{"title": None, "metrics": list(cfg.metrics)}]
+    metrics = [metric for table in tables for metric in table["metrics"]]
     by_name = {row["name"]: row for row in rows}
     for row in rows:
         if row.get("baseline"):
             if row["baseline"] not in by_name:
                 raise KeyError(f"run {row['name']!r}: baseline {row['baseline']!r} is not a row; rows: {list(by_name)}")
             row["paired"] = {m: paired_difference(row, by_name[row["baseline"]], m) for m in metrics}
-    table = "\n\n".join(part for part in (markdown_table(rows, metrics), paired_table(rows, metrics)) if part)
-    (output_dir / "results.md").write_text(table + "\n")
+    text = "\n\n".join(table_section(rows, table) for table in tables)
+    (output_dir / "results.md").write_text(text + "\n")
     (output_dir / "results.json").write_text(json.dumps(rows, indent=2))
-    figure(rows, metrics, output_dir / "results.png")
-    print(table)
+    figure(rows, tables[0]["metrics"], output_dir / "results.png")
+    print(text)
     print(f"written {output_dir / 'results.md'}, results.json, results.png")
     return rows
+
+
+def table_section(rows: List[dict], table: dict) -> str:
+    """One table's rows and its paired differences, under its title."""
+    parts = [f"### {table['title']}"] if table.get("title") else []
+    parts += [part for part in (markdown_table(rows, table["metrics"]), paired_table(rows, table["metrics"])) if part]
+    return "\n\n".join(parts)
+
+
+def scaled(metrics: Dict[str, float], scale: Dict[str, float]) -> Dict[str, float]:
+    return {key: value * scale.get(key, 1.0) for key, value in metrics.items()}
+
+
+def plain(node):
+    """An OmegaConf node as plain Python containers (records are written as JSON)."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def main(argv=None):

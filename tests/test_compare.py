@@ -96,10 +96,46 @@ def test_paired_difference_needs_two_shared_seeds_and_flags_a_clear_gap():
     assert table.splitlines()[-1] == "| a | 2 | 2.0 ± 0.5 | 120 | 3.2 | 5.5 |"
 
 
-def test_a_finished_seed_is_reused_only_for_the_same_options_and_tests(tmp_path):
-    record = {"seed": 0, "metrics": {"r1": 1.0}, "options": ["run.seed=0"], "tests": ["bench.yaml"]}
+def test_a_finished_seed_is_reused_only_for_the_same_options_tests_and_finetunes(tmp_path):
+    finetune = {"name": "nlvr", "cfg": "nlvr.yaml", "options": ["model.pretrained={checkpoint}"]}
+    record = {"seed": 0, "metrics": {"r1": 1.0}, "options": ["run.seed=0"], "tests": ["bench.yaml"],
+              "finetunes": [finetune]}
     (tmp_path / RECORD_FILE).write_text(json.dumps(record))
-    assert finished_record(tmp_path, ["run.seed=0"], ["bench.yaml"]) == record
-    assert finished_record(tmp_path, ["run.seed=1"], ["bench.yaml"]) is None
-    assert finished_record(tmp_path, ["run.seed=0"], []) is None  # a new test yaml: its metrics are missing
-    assert finished_record(tmp_path / "never_run", ["run.seed=0"], ["bench.yaml"]) is None
+    assert finished_record(tmp_path, ["run.seed=0"], ["bench.yaml"], [finetune]) == record
+    assert finished_record(tmp_path, ["run.seed=1"], ["bench.yaml"], [finetune]) is None
+    assert finished_record(tmp_path, ["run.seed=0"], [], [finetune]) is None  # a new test yaml: its metrics are missing
+    assert finished_record(tmp_path, ["run.seed=0"], ["bench.yaml"], []) is None
+    assert finished_record(tmp_path / "never_run", ["run.seed=0"], ["bench.yaml"], [finetune]) is None
+
+
+@pytest.mark.slow
+def test_finetunes_train_from_each_checkpoint_and_join_under_their_prefix_in_titled_tables(tmp_path):
+    from lavis_glscl.compare import last_checkpoint
+
+    config = tmp_path / "compare.yaml"
+    config.write_text(f"""
+compare:
+  base: {TINY_RUN}
+  output_dir: {tmp_path / 'out'}
+  seeds: [1]
+  options: [run.iters_per_epoch=1, run.k_test=2]
+  finetunes:
+    - {{name: again, cfg: {TINY_RUN}, options: ["model.pretrained={{checkpoint}}", "run.k_test=2", "run.log_freq=1"]}}
+  scale: {{again_txt_r5: 100}}
+  tables:
+    - {{title: Zero-shot, metrics: [txt_r5]}}
+    - {{title: After fine-tuning, metrics: [again_txt_r5]}}
+  runs:
+    - name: GLSCL
+""")
+    result = run_module("lavis_glscl.compare", ["--cfg-path", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    (row,) = json.loads((tmp_path / "out" / "results.json").read_text())
+    finetuned = tmp_path / "out" / "glscl_seed1_again"
+    assert row["metrics"]["again_txt_r5"] == pytest.approx(100 * evaluator_metrics(finetuned)["txt_r5"])
+    assert row["metrics"]["txt_r5"] == evaluator_metrics(tmp_path / "out" / "glscl_seed1")["txt_r5"]
+    started_from = last_checkpoint(tmp_path / "out" / "glscl_seed1")
+    assert f"Loaded {started_from}" in (tmp_path / "out" / "glscl_seed1_again.log").read_text()
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert table.index("### Zero-shot") < table.index("| txt_r5 |") < table.index("### After fine-tuning") \
+        < table.index("| again_txt_r5 |")

@@ -52,6 +52,27 @@ def test_shapes_generation_is_deterministic_and_reused(small_shapes, tmp_path):
     assert (small_shapes / "test.json").stat().st_mtime_ns == stamp
 
 
+def test_a_validation_split_leaves_train_and_test_as_they_were(small_shapes, tmp_path, lavis_glscl):
+    from lavis.common.registry import registry
+    from omegaconf import OmegaConf
+
+    with_val = shapes.ensure_generated(tmp_path / "with_val", num_train=40, num_test=20, image_size=48, seed=5, num_val=6)
+    for name in ("train.json", "test.json", "test_hard_pairs.json"):
+        assert (with_val / name).read_text() == (small_shapes / name).read_text()
+    assert (Image.open(with_val / "images/test_00019.png").tobytes()
+            == Image.open(small_shapes / "images/test_00019.png").tobytes())
+    val, pairs = (json.loads((with_val / name).read_text()) for name in ("val.json", "val_hard_pairs.json"))
+    assert len(val) == 6 and len(pairs) == 3 and not (small_shapes / "val.json").exists()
+    assert shapes.dataset_dir(num_val=0) != shapes.dataset_dir(num_val=200)
+    cfg = OmegaConf.create({"generator": {"num_train": 40, "num_test": 20, "image_size": 48, "seed": 5, "num_val": 6},
+                            "vis_processor": {"eval": {"name": "glscl_image_eval", "image_size": 48}},
+                            "text_processor": {"eval": {"name": "glscl_caption"}}})
+    builder_cls = registry.get_builder_class("shapes_demo")
+    cfg = OmegaConf.merge(OmegaConf.load(builder_cls.default_config_path()).datasets.shapes_demo, cfg)
+    built = builder_cls(cfg).build_datasets()
+    assert sorted(built) == ["test", "train", "val"] and len(built["val"].hard_pairs) == 3
+
+
 def test_shapes_test_split_has_unique_captions_and_one_word_hard_pairs(small_shapes):
     test = json.loads((small_shapes / "test.json").read_text())
     pairs = json.loads((small_shapes / "test_hard_pairs.json").read_text())

@@ -45,29 +45,29 @@ def test_dual_encoder_scores_add_the_weighted_head_to_the_cosines(tiny):
     torch.testing.assert_close(torch.from_numpy(t2i), raw.t(), atol=1e-5, rtol=1e-4)
 
 
-def test_score_normaliser_names_and_the_old_rerank_key_are_checked(caplog):
+def test_score_normaliser_names_are_checked():
     scores = np.random.RandomState(0).randn(3, 4).astype(np.float32)
     unchanged = normalise_scores(scores, scores.T, {})
     assert np.array_equal(unchanged[0], scores) and np.array_equal(unchanged[1], scores.T)
     options = {"score_normalizer": "inverted_softmax", "score_normalizer_options": {"inverted_softmax": {"beta": 7.0}}}
     expected = inverted_softmax(torch.from_numpy(scores), 7.0).numpy()
     assert np.allclose(normalise_scores(scores, scores.T, options)[0], expected)
-    with caplog.at_level("WARNING"):
-        legacy = normalise_scores(scores, scores.T, {"rerank": "inverted_softmax",
-                                                     "rerank_options": {"inverted_softmax": {"beta": 7.0}}})
-    assert np.allclose(legacy[0], expected) and "run.rerank is now run.score_normalizer" in caplog.text
     with pytest.raises(ValueError, match="known names"):
         normalise_scores(scores, scores.T, {"score_normalizer": "inverse_softmax"})
     with pytest.raises(ValueError, match="querybank"):
         normalise_scores(scores, scores.T, {"score_normalizer": "qb_norm"})
 
 
-def test_read_metrics_merges_lavis_and_glscl_lines(tmp_path):
+def test_read_metrics_takes_the_last_line_of_the_split_and_its_numbers(tmp_path):
     (tmp_path / "job").mkdir()
-    (tmp_path / "job" / "evaluate.txt").write_text(json.dumps({"txt_r1": 10.0, "agg_metrics": 10.0}) + "\n"
-                                                   + json.dumps({"glscl": {"pair_accuracy": 75.0}}) + "\n")
-    metrics = read_metrics(tmp_path)
-    assert metrics == {"txt_r1": 10.0, "agg_metrics": 10.0, "pair_accuracy": 75.0}
+    lines = [{"split": "val", "txt_r1": 30.0}, {"split": "test", "txt_r1": 10.0, "retrieval_scorer": "itc"},
+             {"split": "val", "txt_r1": 40.0}]
+    (tmp_path / "job" / "evaluate.txt").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert read_metrics(tmp_path) == {"txt_r1": 10.0}
+    assert read_metrics(tmp_path, split="val") == {"txt_r1": 40.0}
+    (tmp_path / "lavis").mkdir()  # LAVIS's own tasks write one line without a split: the split evaluated
+    (tmp_path / "lavis" / "evaluate.txt").write_text(json.dumps({"agg_metrics": 0.5, "acc": 0.5}) + "\n")
+    assert read_metrics(tmp_path / "lavis") == {"agg_metrics": 0.5, "acc": 0.5}
 
 
 @pytest.mark.slow

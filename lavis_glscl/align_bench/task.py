@@ -68,7 +68,7 @@ class AlignBenchTask(BaseTask):
         metric = self.cfg.get("agg_metric", "mean")
         if metric not in metrics:
             raise KeyError(f"agg_metric {metric!r} is not among the metrics {sorted(metrics)}")
-        metrics["agg_metrics"] = metrics[metric]
+        metrics = {"split": split_name, **metrics, "agg_metrics": metrics[metric]}
         with open(os.path.join(registry.get_path("output_dir"), "evaluate.txt"), "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
         logging.info(metrics)

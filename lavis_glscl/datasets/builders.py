@@ -168,6 +168,8 @@ class ShapesBuilderMixin:
     kind = "images"
 
     def __init__(self, cfg=None):
+        if cfg is not None and OmegaConf.select(cfg, "generator.num_val"):  # a validation split adds its annotations
+            cfg.build_info.annotations.val = {"storage": "val.json"}
         super().__init__(cfg)
         self.generator_options = {"kind": self.kind, **self.config.get("generator", {})}
         self.root = shapes.dataset_dir(**self.generator_options)

@@ -185,8 +185,10 @@ def _test_scenes(num_test: int, rng: np.random.RandomState) -> Tuple[List[Scene]
     return scenes, pairs
 
 
-def generate_images(root: Path, num_train: int, num_test: int, image_size: int, seed: int) -> None:
-    """Write a complete image set into the empty directory ``root``."""
+def generate_images(root: Path, num_train: int, num_test: int, image_size: int, seed: int, num_val: int = 0) -> None:
+    """Write a complete image set into the empty directory ``root``.  The validation split (``num_val`` images, drawn
+    as the test split is, with its own one-word pairs) comes after everything else, so that adding it leaves the train
+    and test splits as they were."""
     rng = np.random.RandomState(seed)
     (root / "images").mkdir()
     (root / "pkls").mkdir()
@@ -196,10 +198,13 @@ def generate_images(root: Path, num_train: int, num_test: int, image_size: int, 
         name = f"train_{index:05d}"
         train.append({"image": _write_item(root, name, scene, image_size, rng), "caption": scene.caption,
                       "image_id": name})
-    scenes, pairs = _test_scenes(num_test, rng)
-    test = [{"image": _write_item(root, f"test_{i:05d}", scene, image_size, rng), "caption": [scene.caption]}
-            for i, scene in enumerate(scenes)]
-    _write_splits(root, train, test, pairs)
+    splits = {}
+    for split, count in (("test", num_test), ("val", num_val)):
+        if count:
+            scenes, pairs = _test_scenes(count, rng)
+            splits[split] = ([{"image": _write_item(root, f"{split}_{i:05d}", scene, image_size, rng),
+                               "caption": [scene.caption]} for i, scene in enumerate(scenes)], pairs)
+    _write_splits(root, train, splits)
 
 
 def motion_caption(obj: ShapeObject, direction: str) -> str:
@@ -267,32 +272,39 @@ def generate_videos(root: Path, num_train: int, num_test: int, image_size: int, 
             name = f"test_{len(test):05d}"
             write_clip(root / "videos" / f"{name}.mp4", frames)
             test.append({"video": f"videos/{name}.mp4", "caption": [caption]})
-    _write_splits(root, train, test, pairs)
+    _write_splits(root, train, {"test": (test, pairs)})
 
 
-def _write_splits(root: Path, train: list, test: list, pairs: list) -> None:
-    for name, content in (("train.json", train), ("test.json", test), ("test_hard_pairs.json", pairs)):
-        (root / name).write_text(json.dumps(content))
+def _write_splits(root: Path, train: list, evaluation: dict) -> None:
+    """``train.json``, and per evaluation split ``<split>.json`` with its caption pairs ``<split>_hard_pairs.json``."""
+    (root / "train.json").write_text(json.dumps(train))
+    for split, (items, pairs) in evaluation.items():
+        (root / f"{split}.json").write_text(json.dumps(items))
+        (root / f"{split}_hard_pairs.json").write_text(json.dumps(pairs))
 
 
 GENERATORS = {"images": generate_images, "videos": generate_videos}
 
 
 def dataset_dir(kind: str = "images", num_train: int = 6000, num_test: int = 500, image_size: int = 64, seed: int = 0,
-                cache_root: Optional[Path] = None) -> Path:
+                num_val: int = 0, cache_root: Optional[Path] = None) -> Path:
     """Where the set of ``kind`` with these parameters lives (generated or not)."""
     if kind not in GENERATORS:
         raise ValueError(f"shapes kind must be one of {list(GENERATORS)}, got {kind!r}")
+    if num_val and kind != "images":
+        raise ValueError("num_val: only the shapes image set has a validation split")
     version = VIDEO_GENERATOR_VERSION if kind == "videos" else GENERATOR_VERSION
-    key = json.dumps([version, kind, num_train, num_test, image_size, seed])
+    # a set without a validation split keeps the key (and cache directory) it had before num_val existed
+    key = json.dumps([version, kind, num_train, num_test, image_size, seed] + ([num_val] if num_val else []))
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
     return (cache_root or cache_dir()) / "shapes" / f"{kind}-v{version}-{digest}"
 
 
 def ensure_generated(root: Path, kind: str = "images", num_train: int = 6000, num_test: int = 500,
-                     image_size: int = 64, seed: int = 0) -> Path:
+                     image_size: int = 64, seed: int = 0, num_val: int = 0) -> Path:
     """Generate the set into ``root`` unless it is already complete there (:func:`ensure_cached`)."""
-    if num_test < 2 or num_train < 1:
-        raise ValueError("a shapes set needs num_train >= 1 and num_test >= 2")
+    if num_test < 2 or num_train < 1 or num_val == 1 or num_val < 0:
+        raise ValueError("a shapes set needs num_train >= 1, num_test >= 2 and num_val 0 or >= 2")
+    extra = {"num_val": num_val} if num_val else {}
     return ensure_cached(root, functools.partial(GENERATORS[kind], num_train=num_train, num_test=num_test,
-                                                 image_size=image_size, seed=seed))
+                                                 image_size=image_size, seed=seed, **extra))

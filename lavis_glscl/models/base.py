@@ -32,13 +32,17 @@ class ConfiguredModel(BaseModel):
         return cls.PRETRAINED_MODEL_CONFIG_DICT[model_type]
 
     @classmethod
-    def split_options(cls, cfg) -> Tuple[dict, dict]:
+    def split_options(cls, cfg, resolve_checkpoints: bool = True) -> Tuple[dict, dict]:
         """A yaml ``model`` block as ``(constructor options, checkpoint options)``: LAVIS's own keys (``arch``,
-        ``model_type``, ...) dropped, the checkpoint keys type-checked."""
-        options = OmegaConf.to_container(OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg, resolve=True)
-        checkpoint = {key: check_value(options.pop(key, None), kind, f"model.{key}")
+        ``model_type``, ...) dropped, the checkpoint keys type-checked.  ``resolve_checkpoints=False`` leaves their
+        interpolations unresolved (``${cached_run:...}`` would train the run it names)."""
+        cfg = cfg if OmegaConf.is_config(cfg) else OmegaConf.create(cfg)
+        raw = OmegaConf.to_container(cfg, resolve=False)
+        checkpoint = {key: check_value(cfg.get(key) if resolve_checkpoints else raw.get(key), kind, f"model.{key}")
                       for key, kind in CHECKPOINT_KEYS.items()}
-        checkpoint["model_type"] = options.get("model_type")
+        checkpoint["model_type"] = raw.get("model_type")
+        options = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+                   for key, value in ((key, cfg[key]) for key in raw if key not in CHECKPOINT_KEYS)}
         for key in LAVIS_ONLY_KEYS:
             options.pop(key, None)
         return options, checkpoint
@@ -46,7 +50,7 @@ class ConfiguredModel(BaseModel):
     @classmethod
     def check_options(cls, cfg) -> None:
         """Refuse, naming the key, what :meth:`from_config` would refuse, without building anything."""
-        cls.typed_options(cls.split_options(cfg)[0])
+        cls.typed_options(cls.split_options(cfg, resolve_checkpoints=False)[0])
 
     @classmethod
     def typed_options(cls, options: dict):

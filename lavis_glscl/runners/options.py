@@ -96,6 +96,7 @@ class RunOptions:
     # --- the glscl_retrieval and align_bench tasks
     itm_pairs_per_batch: int = 256
     rerank_add_itc: bool = True
+    retrieval_scorer: Literal["auto", "itc", "rerank"] = "auto"
     score_normalizer: Optional[str] = None
     score_normalizer_options: Optional[Dict[str, Dict[str, Any]]] = None
     agg_metric: Optional[str] = None

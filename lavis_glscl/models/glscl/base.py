@@ -24,7 +24,8 @@ from lavis_glscl.models.co_attention import CoAttentionLayer, co_attention_confi
 from lavis_glscl.models.glscl.config import GlsclConfig
 from lavis_glscl.models.glscl.outputs import FusionOutput
 from lavis_glscl.models.heads import ITMHead, MLMHead, Pooler, projection_head
-from lavis_glscl.models.scoring import RetrievalOptions, encode_gallery_texts, encode_gallery_visuals, score_matrices
+from lavis_glscl.models.scoring import (RetrievalOptions, ScorePair, encode_gallery_texts, encode_gallery_visuals,
+                                        main_scores, score_matrices)
 from lavis_glscl.models.text_encoder import TextBatch, build_text_encoder, text_hidden_states, tokenize
 from lavis_glscl.models.vision_transformer import VisionTransformer, visual_input
 
@@ -253,11 +254,12 @@ class GlsclBase(ConfiguredModel):
         return BlipOutputFeatures(**features)
 
     @torch.no_grad()
-    def compute_sim_matrix(self, data_loader, task_cfg):
-        """Score matrices for LAVIS's retrieval tasks: ITC similarity of every pair, then each query's top ``k_test``
-        re-ranked by :meth:`match_score` (see :func:`~lavis_glscl.models.scoring.score_matrices`).
+    def retrieval_scores(self, data_loader, task_cfg) -> Dict[str, ScorePair]:
+        """Score matrices of the gallery by scorer: ``itc`` (ITC similarity of every pair) and, unless the options say
+        ``itc``, ``rerank`` (each query's top ``k_test`` re-ranked by :meth:`match_score`; see
+        :func:`~lavis_glscl.models.scoring.score_matrices`).
 
-        ``task_cfg``: :class:`RetrievalOptions` or a run config holding them.  Returns numpy ``(scores_i2t
+        ``task_cfg``: :class:`RetrievalOptions` or a run config holding them.  Each value is numpy ``(scores_i2t
         [N_img, N_txt], scores_t2i [N_txt, N_img])``.  Every rank must see the whole gallery
         (``use_dist_eval_sampler: False``); query rows are split across ranks and summed.
         """
@@ -280,3 +282,8 @@ class GlsclBase(ConfiguredModel):
             return self.match_score(fusion.cls_feats)
 
         return score_matrices(image_embeds @ text_embeds.t(), itm_scores, RetrievalOptions.of(task_cfg))
+
+    def compute_sim_matrix(self, data_loader, task_cfg):
+        """LAVIS's retrieval contract: one pair of score matrices, re-ranked unless the options say ``itc`` (the
+        ``glscl_retrieval`` task reports both, :meth:`retrieval_scores`)."""
+        return main_scores(self.retrieval_scores(data_loader, task_cfg))

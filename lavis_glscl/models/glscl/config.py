@@ -41,6 +41,8 @@ class VisionConfig:
     max_frames: int = 8
     mlp_ratio: float = 4.0
     activation: str = "quick_gelu"
+    # "zero" (with freeze: [vision_transformer.temporal_embed]) keeps an image tower free of any per-frame term
+    temporal_init: str = "random"
 
 
 @dataclass
