@@ -72,13 +72,21 @@ def slug(name: str) -> str:
 
 
 def read_metrics(output_dir: Path, split: str = "test") -> Dict[str, float]:
-    """The numeric metrics of ``split`` that LAVIS's task evaluator wrote into the newest ``evaluate.txt`` under
-    ``output_dir``: each line is one evaluation's flat JSON metrics (lavis_glscl's tasks add ``split``; LAVIS's own
-    tasks write lines without it, taken as the split evaluated)."""
+    """The numeric metrics of ``split`` that a task evaluator wrote into the newest ``evaluate.txt`` under
+    ``output_dir``: each line is one evaluation's JSON metrics, flat (lavis_glscl's tasks add ``split``; LAVIS's
+    retrieval and VQA tasks write no split: the one evaluated) or under its split's name (LAVIS's classification task:
+    ``{"test": {...}}``)."""
     files = sorted(output_dir.rglob("evaluate.txt"), key=lambda path: path.stat().st_mtime)
     if not files:
         raise FileNotFoundError(f"no evaluate.txt under {output_dir}")
-    records = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+    records = []
+    for line in files[-1].read_text().splitlines():
+        record = json.loads(line) if line.strip() else None
+        if record and len(record) == 1 and isinstance(next(iter(record.values())), dict):
+            (name, metrics), = record.items()
+            record = {"split": name, **metrics}
+        if record:
+            records.append(record)
     chosen = [record for record in records if record.get("split", split) == split]
     if not chosen:
         raise KeyError(f"{files[-1]} holds no metrics of split {split!r}")
@@ -245,27 +253,43 @@ def train_and_test(base: str, tests: List[str], finetunes: List[dict], options: 
                    seed: Optional[int]) -> dict:
     """Train one seed of a row from ``base``, test it with the row's evaluator and every yaml of ``tests``, and train
     and test every fine-tune from its checkpoint."""
-    log_name = run_dir.name
     minutes = _run("lavis_glscl.train", base, options + [f"run.output_dir={run_dir}"],
-                   run_dir.parent / f"{log_name}.log")
-    metrics = read_metrics(run_dir)
+                   run_dir.parent / f"{run_dir.name}.log")
     checkpoint = last_checkpoint(run_dir)
     for test in tests:
-        test_dir = run_dir.parent / f"{log_name}_{slug(Path(test).stem)}"
+        test_dir = evaluation_directory(run_dir, test)
         minutes += _run("lavis_glscl.evaluate", run_config_path(test), trained_model_options(base, options) + [
             f"run.output_dir={test_dir}", "model.load_finetuned=true", f"model.finetuned={checkpoint}"],
             test_dir.with_suffix(".log"))
-        metrics = {**read_metrics(test_dir), **metrics}
     for finetune in finetunes:
-        finetune_dir = run_dir.parent / f"{log_name}_{slug(finetune['name'])}"
+        finetune_dir = finetune_directory(run_dir, finetune)
         filled = [option.format(checkpoint=checkpoint, seed=seed) for option in finetune.get("options") or []]
         seeded = [] if seed is None else [f"run.seed={seed}"]
         minutes += _run("lavis_glscl.train", run_config_path(finetune["cfg"]),
                         seeded + filled + [f"run.output_dir={finetune_dir}"], finetune_dir.with_suffix(".log"))
-        metrics.update({f"{finetune['name']}_{key}": value for key, value in read_metrics(finetune_dir).items()})
-    return {"seed": seed, "metrics": metrics, "minutes": float(minutes[0]), "cpu_minutes": float(minutes[1]),
-            "steps": read_steps(run_dir), "output_dir": str(run_dir), "options": options, "tests": tests,
-            "finetunes": finetunes}
+    return {"seed": seed, "metrics": collect_metrics(run_dir, tests, finetunes), "minutes": float(minutes[0]),
+            "cpu_minutes": float(minutes[1]), "steps": read_steps(run_dir), "output_dir": str(run_dir),
+            "options": options, "tests": tests, "finetunes": finetunes}
+
+
+def evaluation_directory(run_dir: Path, test: str) -> Path:
+    return run_dir.parent / f"{run_dir.name}_{slug(Path(test).stem)}"
+
+
+def finetune_directory(run_dir: Path, finetune: dict) -> Path:
+    return run_dir.parent / f"{run_dir.name}_{slug(finetune['name'])}"
+
+
+def collect_metrics(run_dir: Path, tests: List[str], finetunes: List[dict]) -> Dict[str, float]:
+    """A trained seed's metrics as its evaluators wrote them: its own, its tests' where it has none of that name, its
+    fine-tunes' under their prefix (read again when a finished seed is reused)."""
+    metrics = read_metrics(run_dir)
+    for test in tests:
+        metrics = {**read_metrics(evaluation_directory(run_dir, test)), **metrics}
+    for finetune in finetunes:
+        metrics.update({f"{finetune['name']}_{key}": value
+                        for key, value in read_metrics(finetune_directory(run_dir, finetune)).items()})
+    return metrics
 
 
 def seed_run_options(cfg, run, seed: Optional[int]) -> List[str]:
@@ -295,6 +319,7 @@ def compare(cfg) -> List[dict]:
                 (run_dir / RECORD_FILE).write_text(json.dumps(record, indent=2))
             else:
                 print(f"{run.name}{suffix}: reusing the finished run in {run_dir}", flush=True)
+                record["metrics"] = collect_metrics(run_dir, tests, finetunes)
             record["metrics"] = scaled(record["metrics"], plain(cfg.get("scale") or {}))
             trained.append(record)
             print(f"{run.name}{suffix}: {record['metrics']}", flush=True)

@@ -65,9 +65,12 @@ def test_read_metrics_takes_the_last_line_of_the_split_and_its_numbers(tmp_path)
     (tmp_path / "job" / "evaluate.txt").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert read_metrics(tmp_path) == {"txt_r1": 10.0}
     assert read_metrics(tmp_path, split="val") == {"txt_r1": 40.0}
-    (tmp_path / "lavis").mkdir()  # LAVIS's own tasks write one line without a split: the split evaluated
-    (tmp_path / "lavis" / "evaluate.txt").write_text(json.dumps({"agg_metrics": 0.5, "acc": 0.5}) + "\n")
-    assert read_metrics(tmp_path / "lavis") == {"agg_metrics": 0.5, "acc": 0.5}
+    (tmp_path / "lavis").mkdir()  # LAVIS's retrieval and VQA tasks write one line without a split: the split evaluated
+    (tmp_path / "lavis" / "evaluate.txt").write_text(json.dumps({"agg_metrics": 60.0, "yes/no": 80.0}) + "\n")
+    assert read_metrics(tmp_path / "lavis") == {"agg_metrics": 60.0, "yes/no": 80.0}
+    (tmp_path / "classification").mkdir()  # LAVIS's classification task nests the metrics under the split
+    (tmp_path / "classification" / "evaluate.txt").write_text(json.dumps({"test": {"agg_metrics": 0.5, "acc": 0.5}}))
+    assert read_metrics(tmp_path / "classification") == {"agg_metrics": 0.5, "acc": 0.5}
 
 
 @pytest.mark.slow
