@@ -33,9 +33,8 @@ import sys
 import time
 
 import torch
-from omegaconf import OmegaConf
-
 from common import resident_mib, save
+from omegaconf import OmegaConf
 from pretraining_step import batch
 
 SETTINGS = {"plain": False, "checkpointed": True}
@@ -70,10 +69,10 @@ def matmul_rate(size: int, repeats: int = 3) -> dict:
 
 
 def step_worker(args) -> dict:
-    import lavis_glscl  # noqa: F401  (registers the models)
+    import flops
     from lavis.common.registry import registry
 
-    import flops
+    import lavis_glscl  # noqa: F401  (registers the models)
 
     load_start = os.getloadavg()
     model_cls = registry.get_model_class("glscl_pretrain")

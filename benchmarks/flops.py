@@ -242,16 +242,16 @@ def step_flops(arch: Architecture, config, batch: Batch) -> Dict[str, Flops]:
     """Matmul FLOPs of one training step on one rank, by part (``vision``, ``text``, ``fusion``, ``heads``,
     ``similarities``), for the objectives, pass sharing, negatives and checkpointing of ``config`` (a
     ``GlsclConfig``)."""
-    on = {name: bool(weight) for name, weight in config.loss_weights.items()}
+    on = {name: name in config.active_objectives for name in ("itc", "itm", "mlm", "mgsc", "mltc", "rank")}
     rows, gathered, frames, length = batch.rows, batch.gathered, batch.frames, batch.text_length
     recompute, width, patches = config.grad_checkpointing, arch.fusion_width, arch.num_patches
     kept = max(1, int(patches * (1.0 - config.mgsc_image_mask_ratio)))
     image_tokens = {"image_full": frames * (1 + patches), "image_token_masked": frames * (1 + patches),
                     "image_dropped": frames * (1 + kept)}
     hard = on["itm"] and config.itm_negatives == "hard"
-    mgsc = on["mgsc"] and (frames == 1 or config.mgsc_on_video)
+    mgsc = on["mgsc"] and (frames == 1 or config.video_completion.mgsc)
     completion = mgsc or on["mltc"]
-    image_mltc = on["mltc"] and (frames == 1 or config.mltc_on_video)
+    image_mltc = on["mltc"] and (frames == 1 or config.video_completion.mltc)
 
     # (pass, text input, image input, pairs, text read, image read, pooled read)
     fusions = []
@@ -338,7 +338,7 @@ def model_config(model_type: str, **overrides):
 
 def batch_of(model, samples: dict) -> Batch:
     """The shapes of ``samples`` as ``model`` tokenises them (one rank)."""
-    from lavis_glscl.models.vision_transformer import visual_input
+    from lavis_glscl.models.layers.vision_transformer import visual_input
 
     text = model.tokenize(samples["text_input"])
     images = visual_input(samples)
@@ -347,11 +347,11 @@ def batch_of(model, samples: dict) -> Batch:
 
 def benchmark_batch(config, rows: int) -> Batch:
     """The shapes of the pre-training benchmarks' batch of ``rows`` pairs (their captions, tokenised)."""
+    from pretraining_step import CAPTIONS
     from transformers import AutoTokenizer
 
-    from lavis_glscl.models.text_encoder import tokenize
+    from lavis_glscl.models.layers.text_encoder import tokenize
     from lavis_glscl.paths import resolve_local_model_dir
-    from pretraining_step import CAPTIONS
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_local_model_dir(config.text.path), local_files_only=True,
                                               use_fast=True)
@@ -388,7 +388,6 @@ def check(model_type: str, batch_size: int, overrides: dict) -> dict:
     import torch
     from lavis.common.registry import registry
     from omegaconf import OmegaConf
-
     from pretraining_step import batch as pretraining_batch
 
     model_cls = registry.get_model_class("glscl_pretrain")
@@ -428,9 +427,9 @@ def main():
     parser.add_argument("--check-batch", type=int, default=8)
     args = parser.parse_args()
 
-    import lavis_glscl  # noqa: F401  (registers the models)
-
     from common import save
+
+    import lavis_glscl  # noqa: F401  (registers the models)
 
     demo, base = model_config("demo"), model_config("base")
     table = {  # the pre-training benchmarks' batches, and the released recipe's shapes on one GPU

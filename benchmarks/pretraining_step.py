@@ -19,9 +19,8 @@ import sys
 import time
 
 import torch
-from omegaconf import OmegaConf
-
 from common import in_fresh_process, peak_mib, resident_mib, save
+from omegaconf import OmegaConf
 
 VARIANTS = {  # name: (registered model, overrides of its type's config)
     "glscl": ("glscl_pretrain", {}),
@@ -41,8 +40,9 @@ def batch(size: int, image_size: int, device: str) -> dict:
 
 
 def step_worker(args) -> dict:
-    import lavis_glscl  # noqa: F401  (registers the models)
     from lavis.common.registry import registry
+
+    import lavis_glscl  # noqa: F401  (registers the models)
 
     torch.manual_seed(0)
     arch, overrides = VARIANTS[args.variant]
@@ -83,8 +83,9 @@ def main():
         print(json.dumps(step_worker(args)))
         return
 
-    import lavis_glscl  # noqa: F401  (registers the models)
     from lavis.common.registry import registry
+
+    import lavis_glscl  # noqa: F401  (registers the models)
 
     names = [name for name, (arch, _) in VARIANTS.items()
              if args.model_type in registry.get_model_class(arch).PRETRAINED_MODEL_CONFIG_DICT]
@@ -93,7 +94,8 @@ def main():
     print(f"pre-training step of '{args.model_type}', batch {args.batch}, {args.device}, amp {args.amp_dtype} "
           f"(forward + backward, best of {args.repeats})")
     for name, result in results.items():
-        print(f"  {name:15s} {result['seconds_per_step']:7.3f} s/step  time / glscl {result['seconds_per_step'] / reference:5.2f}"
+        seconds = result["seconds_per_step"]
+        print(f"  {name:15s} {seconds:7.3f} s/step  time / glscl {seconds / reference:5.2f}"
               f"   peak memory growth {result['peak_growth_mib']:8.1f} MiB")
     ratio = reference / results["glscl_unshared"]["seconds_per_step"]
     print(f"  shared / unshared step time: {ratio:.2f}x (goal: at most 0.75x)")

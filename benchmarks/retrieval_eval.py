@@ -21,9 +21,8 @@ import time
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
-
 from common import save
+from omegaconf import OmegaConf
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "white", "orange", "cyan"]
 SHAPES = ["circle", "square", "triangle", "star", "diamond"]
@@ -76,7 +75,7 @@ def lavis_albef_evaluator_vs_batched(size: int, k: int, device: str):
     """Seconds of LAVIS's ALBEF evaluator and of ``score_matrices`` on the same model and gallery."""
     from lavis.models.albef_models import compute_sim_matrix as lavis_albef_sim_matrix
 
-    from lavis_glscl.models.lavis_baselines import AlbefRetrievalOffline
+    from lavis_glscl.models.baselines.lavis_offline import AlbefRetrievalOffline
     from lavis_glscl.models.scoring import RetrievalOptions, score_matrices
 
     torch.manual_seed(0)
@@ -89,8 +88,10 @@ def lavis_albef_evaluator_vs_batched(size: int, k: int, device: str):
     def batched():
         text = model.tokenizer(texts, padding="max_length", truncation=True, max_length=35,
                                return_tensors="pt").to(device)  # LAVIS's evaluator's tokenisation
-        text_embeds = F.normalize(model.text_proj(model.text_encoder.forward_text(text).last_hidden_state[:, 0]), dim=-1)
-        image_tokens = torch.cat([model.visual_encoder.forward_features(chunk.to(device)) for chunk in images.split(64)])
+        text_cls = model.text_encoder.forward_text(text).last_hidden_state[:, 0]
+        text_embeds = F.normalize(model.text_proj(text_cls), dim=-1)
+        image_tokens = torch.cat([model.visual_encoder.forward_features(chunk.to(device))
+                                  for chunk in images.split(64)])
         sims = F.normalize(model.vision_proj(image_tokens[:, 0]), dim=-1) @ text_embeds.t()
 
         def score_pairs(image_idx, text_idx):
@@ -148,7 +149,7 @@ def main():
 
     growth = {}
     for gallery_size in args.sizes:
-        def evaluation():
+        def evaluation(gallery_size=gallery_size):
             sims, pairs = gallery(model, gallery_size, image_size, args.device)
             itm_rerank(sims, args.k, pairs, rows=(0, gallery_size))
             itm_rerank(sims.t().contiguous(), args.k, lambda t, i: pairs(i, t), rows=(0, gallery_size))

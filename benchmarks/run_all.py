@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from common import RESULTS_DIR, machine
 
 HERE = Path(__file__).resolve().parent

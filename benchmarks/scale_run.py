@@ -22,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 
 import psutil
-
 from common import RESULTS_DIR, children_cpu_seconds, result_name, save, timed
 
 REPO = Path(__file__).resolve().parent.parent

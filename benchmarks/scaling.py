@@ -19,9 +19,8 @@ import dataclasses
 import io
 import json
 
-from common import RESULTS_DIR, save
-
 import flops
+from common import RESULTS_DIR, save
 
 STEPS, PAIRS_PER_STEP = 100_000, 4096
 ROBERTA_VOCABULARY = 50_265

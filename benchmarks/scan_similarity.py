@@ -14,8 +14,8 @@ import sys
 import time
 
 import torch
-
 from common import in_fresh_process, peak_mib, resident_mib, save
+
 from lavis_glscl.matching.similarity import scan_similarity
 
 

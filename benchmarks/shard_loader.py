@@ -31,9 +31,9 @@ def cpu_seconds() -> float:
 def model_rate(batch: int, steps: int) -> dict:
     """``demo`` pre-training steps on random 64-px images: samples per wall and per CPU second (after a warm-up)."""
     import torch
+    from lavis.common.registry import registry
 
     import lavis_glscl  # noqa: F401  (registers the models)
-    from lavis.common.registry import registry
 
     torch.manual_seed(0)
     model = registry.get_model_class("glscl_pretrain").from_pretrained("demo").train()
@@ -91,11 +91,12 @@ def main():
         print(json.dumps(model_rate(args.batch, args.model_steps)))
         return
 
-    import lavis_glscl  # noqa: F401  (registers builders, fixes cache_root)
     from lavis.common.registry import registry
 
+    import lavis_glscl  # noqa: F401  (registers builders, fixes cache_root)
     from lavis_glscl.datasets.datasets import ImageCaptionDataset
-    from lavis_glscl.datasets.shards import ShardedCaptionPairs, read_index
+    from lavis_glscl.datasets.shard_files import read_index
+    from lavis_glscl.datasets.shards import ShardedCaptionPairs
     from lavis_glscl.processors import GlsclCaptionProcessor, GlsclImageTrainProcessor
 
     index = shapes_demo_shards()

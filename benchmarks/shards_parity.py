@@ -26,7 +26,8 @@ from pathlib import Path
 from common import RESULTS_DIR, result_name, save, timed
 
 REPO = Path(__file__).resolve().parent.parent
-YAMLS = {"map": "projects/glscl/demo/pretrain_shapes_scratch.yaml", "shards": "projects/glscl/demo/pretrain_shapes_shards.yaml"}
+YAMLS = {"map": "projects/glscl/demo/pretrain_shapes_scratch.yaml",
+         "shards": "projects/glscl/demo/pretrain_shapes_shards.yaml"}
 METRIC = re.compile(r"^\s*(txt_r1|txt_r5|txt_r10|img_r1|img_r5|img_r10|agg_metrics): ([0-9.]+)$", re.M)
 STEP_LINE = re.compile(r"Train: epoch \[\d+\] \[(\d+)/\d+\].* time: ([0-9.]+)  data: ([0-9.]+)")
 

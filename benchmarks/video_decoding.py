@@ -13,8 +13,8 @@ from pathlib import Path
 
 import decord
 import numpy as np
-
 from common import best_rate, save
+
 from lavis_glscl.datasets import shapes
 from lavis_glscl.processors import GlsclVideoEvalProcessor, GlsclVideoTrainProcessor, frame_indices
 

@@ -4,7 +4,7 @@
 
 1. geometry: pixels the shapes object moves between the 4 frames the eval processor takes, for the version-2 set
    (45-70 % of the free width in 8-16 frames) and the current one, in 8 px and 16 px patches;
-2. probe_shift: the supervised direction probe (``lavis_glscl.tools.direction_probe``: 3 x 64 ViT, 32 px, 8 px
+2. probe_shift: the supervised direction probe (``benchmarks/direction_probe.py``: 3 x 64 ViT, 32 px, 8 px
    patches, 4 frames) against the dot's motion per frame, 1/4, 1/2 and 1 patch, after each step count;
 3. probe_shapes: the same probe on shapes clips with the ``demo`` ViT (4 x 128 at 64 px), version-2 clips at
    16 px patches (the old video demo) against current clips at 8 px patches (and the two crossings), and current
@@ -38,15 +38,14 @@ from typing import Dict, List, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from common import RESULTS_DIR, machine
+from direction_probe import DIRECTIONS, DirectionProbe, DotClips, direction_accuracy
 
 from lavis_glscl.datasets import shapes
-from lavis_glscl.models import objectives
-from lavis_glscl.models.negatives import forbidden_negatives, group_partners, negative_rows, random_partners
-from lavis_glscl.models.vision_transformer import VisionTransformer
+from lavis_glscl.models.layers.vision_transformer import VisionTransformer
+from lavis_glscl.models.pretraining import objectives
+from lavis_glscl.models.pretraining.negatives import forbidden_negatives, group_partners, negative_rows, random_partners
 from lavis_glscl.processors import frame_indices
-from lavis_glscl.tools.direction_probe import DIRECTIONS, DirectionProbe, DotClips, direction_accuracy
 
 CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
 CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
@@ -203,7 +202,7 @@ def probe_captions(steps: List[int], seed: int = 0) -> Dict[str, dict]:
         caption_optimizer = torch.optim.AdamW([captions], lr=1e-4)
         generator = torch.Generator().manual_seed(seed)
 
-        def embed(clips):
+        def embed(clips, vit=vit, projection=projection):
             return F.normalize(projection(vit(clips)[:, :4].mean(dim=1)), dim=-1)
 
         accuracies = {}

@@ -25,7 +25,8 @@ from lavis.common.registry import registry
 
 from lavis_glscl import align_bench, cached_runs, optims, processors, runners, tasks  # noqa: F401
 from lavis_glscl.datasets import builders, nlvr, vqa  # noqa: F401
-from lavis_glscl.models import albef_glscl, glscl, lavis_baselines, matching_dual_encoder  # noqa: F401
+from lavis_glscl.models import glscl  # noqa: F401
+from lavis_glscl.models.baselines import albef_glscl, dual_encoder, lavis_offline  # noqa: F401
 from lavis_glscl.paths import cache_dir
 
 # LAVIS 1.0.2 points cache_root at an internal "/export/home/..." path (LAVIS issues #177, #411, #703);

@@ -6,12 +6,9 @@ plus ``--cfg`` as an alias.  Works as one plain process and under ``torchrun`` (
 import argparse
 import contextlib
 import logging
-import random
 import sys
 from typing import List, Optional
 
-import numpy as np
-import torch
 from lavis.common.config import Config
 from lavis.common.logger import setup_logger
 from lavis.common.registry import registry
@@ -21,6 +18,7 @@ from lavis_glscl import distributed
 from lavis_glscl.paths import run_config_path
 from lavis_glscl.runners.job import prepare_run_directory
 from lavis_glscl.runners.options import RunOptions
+from lavis_glscl.seeding import seed_process
 from lavis_glscl.typed_options import ConfigError, closest
 
 DEFAULT_RUNNER = "runner_glscl"
@@ -143,15 +141,6 @@ def check_task_options(cfg_path: str, cfg: DictConfig) -> None:
                           f"run.task is {run.get('task')!r}, which would ignore it: set run.task=glscl_retrieval")
 
 
-def setup_seeds(seed: int) -> None:
-    seed = seed + distributed.world()[0]
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-
-
 def check_config(args: argparse.Namespace) -> LaunchConfig:
     """Every check that needs nothing built: ``--options`` syntax, the yaml, required values, registered names, the
     run block (:class:`RunOptions`) and the model's own options; returns LAVIS's config of the run."""
@@ -175,7 +164,7 @@ def setup(args: argparse.Namespace) -> LaunchConfig:
     """Check the config, start the process group if launched by torchrun, seed, log."""
     cfg = check_config(args)
     distributed.init_distributed(cfg.run_cfg)
-    setup_seeds(int(cfg.run_cfg.seed))
+    seed_process(int(cfg.run_cfg.seed), distributed.world()[0])
     setup_logger()
     cfg.pretty_print()
     return cfg

@@ -86,7 +86,8 @@ def read_checkpoint(path: str, trust_checkpoint: bool = False):
         if not trust_checkpoint:
             raise UntrustedCheckpointError(
                 f"{path} holds objects beyond tensors, containers and Lightning's hyper-parameters "
-                f"({unsafe_globals(path) or error}); unpickling them runs code the file carries. {TRUST_HINT}") from None
+                f"({unsafe_globals(path) or error}); unpickling them runs code the file carries. {TRUST_HINT}"
+            ) from None
     logging.warning("%s holds objects beyond the allow-list; unpickling it in full (trust_checkpoint)", path)
     return torch.load(path, map_location="cpu", weights_only=False, pickle_module=TRUSTED_PICKLE)
 
@@ -132,8 +133,9 @@ class ScriptClass(collections.namedtuple("ScriptClass", "is_module parameters bu
 
 
 def script_classes(archive: zipfile.ZipFile, root: str) -> Dict[str, ScriptClass]:
-    """Every class of the archive's code files, by qualified name (``__torch__.clip.model.VisionTransformer``), read as
-    text: whether it is a module, its ``__parameters__`` and ``__buffers__``, and whether it defines ``__setstate__``."""
+    """Every class of the archive's code files, by qualified name (``__torch__.clip.model.VisionTransformer``), read
+    as text: whether it is a module, its ``__parameters__`` and ``__buffers__``, and whether it defines
+    ``__setstate__``."""
     classes: Dict[str, ScriptClass] = {}
     code_prefix = f"{root}/code/"
     for name in archive.namelist():

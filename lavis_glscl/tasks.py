@@ -11,8 +11,8 @@ Each scorer's R@K come from LAVIS's own ``RetrievalTask._report_metrics``.  The 
 of ``evaluate.txt`` per evaluated split (``split`` names it):
 
 - LAVIS's keys (``txt_r1`` ... ``r_mean``) of the scorer in use, named in ``retrieval_scorer``: with ``rerank`` the
-  re-ranked scores, with ``itc`` the ITC ones, with ``auto`` (the default) the re-ranked ones only if they beat ITC on the
-  run's ``agg_metric`` on the latest validation split (``run.valid_splits``), else ITC;
+  re-ranked scores, with ``itc`` the ITC ones, with ``auto`` (the default) the re-ranked ones only if they beat ITC on
+  the run's ``agg_metric`` on the latest validation split (``run.valid_splits``), else ITC;
 - the same keys of each scorer with its prefix: ``itc_txt_r5``, ``rerank_txt_r5``, ...;
 - ``agg_metrics`` from the run option ``agg_metric`` (default LAVIS's ``txt_r_mean``; e.g. ``r_mean``);
 - when the evaluated dataset carries ``hard_pairs`` (pairs of gallery items with one caption each whose captions

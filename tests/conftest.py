@@ -27,6 +27,7 @@ def lavis_glscl():
 def tiny_model(lavis_glscl):
     """A fresh tiny GLSCL pre-training model (random weights, fixed seed)."""
     import torch
+
     from lavis_glscl.models.glscl import GlsclPretrain
 
     torch.manual_seed(0)

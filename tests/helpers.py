@@ -34,6 +34,15 @@ def tiny_config(arch: str, dropout: bool = True, **overrides):
     return cfg
 
 
+def typed_config(arch: str, dropout: bool = True, **overrides):
+    """The registered ``arch``'s typed config (``GlsclConfig``) of :func:`tiny_config`: the options as the model reads
+    them, the model-type yaml's values and the typed defaults."""
+    from lavis.common.registry import registry
+
+    cls = registry.get_model_class(arch)
+    return cls.typed_options(cls.split_options(tiny_config(arch, dropout, **overrides))[0])
+
+
 def tiny(arch: str, dropout: bool = True, **overrides):
     """The registered ``arch``'s ``tiny`` model, seeded, built from :func:`tiny_config`."""
     import torch

@@ -8,7 +8,7 @@ from helpers import TINY_RUN, read_log_records, run_module, tiny_batch
 
 @pytest.fixture
 def albef(lavis_glscl):
-    from lavis_glscl.models.albef_glscl import AlbefGlsclPretrain
+    from lavis_glscl.models.baselines.albef_glscl import AlbefGlsclPretrain
 
     torch.manual_seed(0)
     return AlbefGlsclPretrain.from_pretrained("tiny")
@@ -21,7 +21,9 @@ def albef_batch(size=8):
 def test_zero_completion_weights_give_lavis_albef_pretraining_exactly(albef):
     from lavis.models.albef_models.albef_pretrain import AlbefPretrain
 
-    albef.loss_weights = {"mgsc": 0.0, "mltc": 0.0}
+    from lavis_glscl.models.baselines.albef_glscl import CompletionWeights
+
+    albef.loss_weights = CompletionWeights()
     lavis_copy = copy.deepcopy(albef)  # ALBEF's forward moves its queues and momentum encoders
     samples = albef_batch()
     torch.manual_seed(1)
@@ -44,7 +46,7 @@ def test_completion_objectives_add_to_albef_and_train_every_parameter(albef):
 
 
 def test_kept_patch_encoding_with_every_patch_equals_lavis_vit(albef):
-    from lavis_glscl.models.albef_glscl import encode_kept_patches
+    from lavis_glscl.models.baselines.albef_glscl import encode_kept_patches
 
     vit = albef.visual_encoder.eval()
     images = torch.randn(2, 3, 32, 32)
@@ -57,10 +59,11 @@ def test_kept_patch_encoding_with_every_patch_equals_lavis_vit(albef):
 def test_unknown_completion_objective_is_refused(lavis_glscl):
     from omegaconf import OmegaConf
 
-    from lavis_glscl.models.albef_glscl import AlbefGlsclPretrain
+    from lavis_glscl.models.baselines.albef_glscl import AlbefGlsclPretrain
 
     base = OmegaConf.load(AlbefGlsclPretrain.default_config_path("tiny")).model
-    with pytest.raises(ValueError, match="unknown loss_weights"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) model.loss_weights.itc; known in model.loss_weights: "
+                                         "mgsc, mltc"):
         AlbefGlsclPretrain.from_config(OmegaConf.merge(base, {"loss_weights": {"itc": 1.0}}))
 
 

@@ -45,7 +45,7 @@ def test_sized_timesformer_at_vit_b_sizes_is_lavis_timesformer(lavis_glscl):
     shapes, and gives LAVIS's features with LAVIS's weights."""
     from lavis.models.timesformer.vit import TimeSformer
 
-    from lavis_glscl.models.lavis_baselines import SizedTimeSformer
+    from lavis_glscl.models.baselines.lavis_offline import SizedTimeSformer
 
     torch.manual_seed(0)
     lavis_encoder = TimeSformer(image_size=32, patch_size=16, n_frms=2).eval()

@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModel, BertConfig, CLIPVisionConfig, CLIPVisionModel
 from transformers.models.bert.modeling_bert import BertLayer
 
-from lavis_glscl.models.checkpoints import load_clip_vision, load_hf_clip_vision
-from lavis_glscl.serialization import read_checkpoint
-from lavis_glscl.models.vision_transformer import VisionTransformer
+from lavis_glscl.models.layers.vision_transformer import VisionTransformer
+from lavis_glscl.models.weights import load_clip_vision, load_hf_clip_vision
 from lavis_glscl.paths import resolve_local_model_dir
+from lavis_glscl.serialization import read_checkpoint
 
 LIGHTNING_ATTRIBUTE_DICTS = ("pytorch_lightning.utilities.parsing.AttributeDict",
                              "lightning.fabric.utilities.data.AttributeDict",

@@ -7,7 +7,8 @@ import statistics
 import pytest
 from helpers import TINY_RUN, run_module
 
-from lavis_glscl.compare import RECORD_FILE, finished_record, markdown_table, paired_difference, read_metrics
+from lavis_glscl.compare import RECORD_FILE, finished_record, read_metrics
+from lavis_glscl.compare_tables import markdown_table, paired_difference
 
 
 def evaluator_metrics(run_dir):

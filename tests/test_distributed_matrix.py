@@ -12,8 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import (DETERMINISTIC, TINY_RUN, TRAIN_VARIANTS, free_port, read_log_records, step_losses, tiny_batch,
-                     tiny_vqa_yaml, torchrun_args, train_in_process)
+from helpers import (
+    DETERMINISTIC,
+    TINY_RUN,
+    TRAIN_VARIANTS,
+    read_log_records,
+    step_losses,
+    tiny_batch,
+    tiny_vqa_yaml,
+    torchrun_args,
+    train_in_process,
+)
 
 GLSCL_OBJECTIVES = ("itc", "itm", "mlm", "mgsc", "mltc")
 
@@ -91,7 +100,7 @@ MATRIX = {
 }
 GLSCL_MODELS = ("glscl_pretrain", "glscl_retrieval", "glscl_vqa")
 GROUPED_VIDEO_VARIANTS = {"grouped": [],
-                          "completion_on_images_only": ["model.mgsc_on_video=false", "model.mltc_on_video=false"]}
+                          "completion_on_images_only": ["model.video_completion.mgsc=false", "model.video_completion.mltc=false"]}
 
 
 def variant_arguments(variants, common):
@@ -137,8 +146,8 @@ def test_grouped_video_batches_with_partner_itm_and_group_itc_train_under_torchr
     mixed_run = Path(__file__).parent / "configs" / "tiny_mixed_run.yaml"
     video = "datasets.shapes_video_demo"
     common = ["run.train_dataset_ratios=[0.0,1.0]", f"{video}.train_batch_group_size=2", "model.itm_negatives=partner",
-              "model.itc_group_weight=1.0", "model.itc_group_temperature=0.05", "model.itc_group_text_margin=-0.5",
-              "model.itc_group_detach_text=true", "run.iters_per_epoch=2",
+              "model.group_contrast.weight=1.0", "model.group_contrast.temperature=0.05", "model.group_contrast.text_margin=-0.5",
+              "model.group_contrast.detach_text=true", "run.iters_per_epoch=2",
               "run.test_splits=[]", *DETERMINISTIC[:3], f"{video}.vis_processor.train.name=glscl_video_eval",
               "model.mltc_image_gather=true"]
     command = [sys.executable, "-m", "torch.distributed.run", *torchrun_args(2), str(TRAIN_VARIANTS),

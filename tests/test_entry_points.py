@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from helpers import TINY_RUN, read_log_records, run_module
 
 # LAVIS's repository-root train.py in shape, against LAVIS's public API only: no lavis_glscl import, so GLSCL's

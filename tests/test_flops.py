@@ -4,7 +4,6 @@ import importlib.util
 
 import pytest
 import torch
-
 from helpers import REPO, tiny, tiny_batch
 
 
@@ -19,7 +18,7 @@ def flops(lavis_glscl):
 CASES = {  # name: (overrides, frames, grad checkpointing)
     "all objectives": ({}, None, False),
     "video, checkpointed": ({}, 2, True),
-    "video, MGSC and MLTC on images only": ({"mgsc_on_video": False, "mltc_on_video": False}, 2, False),
+    "video, MGSC and MLTC on images only": ({"video_completion": {"mgsc": False, "mltc": False}}, 2, False),
     "unshared passes, checkpointed": ({"share_unimodal_passes": False}, None, True),
     "hard negatives, unshared, video": ({"itm_negatives": "hard", "share_unimodal_passes": False}, 2, False),
     "MLTC alone": ({"loss_weights": {"mltc": 1.0}}, None, False),
@@ -45,7 +44,7 @@ def test_analytic_count_equals_pytorch_count(flops, case):
 
 def test_expected_distinct_masked_words_match_sampling(flops):
     """With replacement the count is an expectation: compare it with the mean of many draws of the real mask."""
-    from lavis_glscl.models.masking import mgsc_text_mask
+    from lavis_glscl.models.pretraining.masking import mgsc_text_mask
 
     rows, length = 4000, 14
     lengths = torch.tensor([3, 7, 12, 12])[torch.arange(rows) % 4]

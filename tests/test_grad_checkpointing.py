@@ -2,7 +2,6 @@
 and gradients equal the unchecked model's (dropout on, both unimodal-pass settings, train and eval mode)."""
 import pytest
 import torch
-
 from helpers import tiny_batch
 
 TOLERANCE = dict(rtol=0.0, atol=1e-5)
@@ -136,7 +135,7 @@ def test_text_hidden_states_equal_hf_forward(lavis_glscl, family):
     present, for both families (RoBERTa derives position ids from the padding)."""
     from transformers import AutoConfig, AutoModel
 
-    from lavis_glscl.models.text_encoder import text_hidden_states
+    from lavis_glscl.models.layers.text_encoder import text_hidden_states
 
     config = AutoConfig.for_model(family, vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=64, max_position_embeddings=40, pad_token_id=1)

@@ -49,7 +49,7 @@ def test_text_init_copies_a_smaller_vocabulary_and_keeps_the_added_tokens_rows(l
 
     from transformers import BertConfig, BertModel
 
-    from lavis_glscl.models.lavis_baselines import build_text_encoder, load_text_weights
+    from lavis_glscl.models.baselines.lavis_offline import build_text_encoder, load_text_weights
     from lavis_glscl.paths import config_path
 
     med_config = json.loads(open(config_path("models/lavis_offline/med_config_blip_tiny.json")).read())
@@ -114,7 +114,7 @@ def test_probe_gives_the_same_maps_with_lavis_slow_tokenizer(offline):
     from transformers import BertTokenizer
 
     from lavis_glscl.align_bench.attention import cross_attention_probe
-    from lavis_glscl.models.lavis_baselines import BERT_BASE_UNCASED_VOCAB
+    from lavis_glscl.models.baselines.lavis_offline import BERT_BASE_UNCASED_VOCAB
     from lavis_glscl.paths import resolve_local_model_dir
 
     arch, model = offline

@@ -1,9 +1,15 @@
 """Masks and ITM negatives: exact counts, hand-picked draws, and world-size invariance of the noise."""
 import torch
 
-from lavis_glscl.models.masking import keep_patch_indices, lowest_noise_mask, mgsc_text_mask, mlm_mask, patch_token_mask
-from lavis_glscl.models.negatives import forbidden_negatives, hard_negatives, negative_rows, random_partners
-from lavis_glscl.models.randomness import StepRandomness
+from lavis_glscl.models.pretraining.masking import (
+    keep_patch_indices,
+    lowest_noise_mask,
+    mgsc_text_mask,
+    mlm_mask,
+    patch_token_mask,
+)
+from lavis_glscl.models.pretraining.negatives import forbidden_negatives, hard_negatives, negative_rows, random_partners
+from lavis_glscl.models.pretraining.randomness import StepRandomness
 
 
 def test_keep_patch_indices_keeps_the_lowest_noise_fifth_sorted():

@@ -7,6 +7,7 @@ import torch
 from helpers import ListLoader, loss_values, tiny_batch
 
 from lavis_glscl.models.glscl import GlsclPretrain, GlsclRetrieval
+from lavis_glscl.models.glscl.config import LossWeights
 from lavis_glscl.models.scoring import itm_rerank
 
 
@@ -25,11 +26,10 @@ def test_output_has_every_objective_and_the_weighted_total(tiny_model):
     assert intermediate.image_feat.shape == intermediate.text_feat.shape == (4, 16)
     assert intermediate.itm_logits.shape == (4, 2) and intermediate.itm_labels.tolist().count(0) == 2
     w = tiny_model.loss_weights
-    total = (w["itc"] * out.loss_itc + w["itm"] * out.loss_itm + w["mlm"] * out.loss_mlm
-             + w["mgsc"] * (out.loss_mgsc_image + out.loss_mgsc_text)
-             + w["mltc"] * (out.loss_mltc_image + out.loss_mltc_text))
+    total = (w.itc * out.loss_itc + w.itm * out.loss_itm + w.mlm * out.loss_mlm
+             + w.mgsc * (out.loss_mgsc_image + out.loss_mgsc_text) + w.mltc * (out.loss_mltc_image + out.loss_mltc_text))
     assert out.loss.item() == pytest.approx(total.item(), rel=1e-6)
-    assert (w["itc"], w["mgsc"], w["mltc"]) == (0.5, 1.0, 0.2)
+    assert (w.itc, w.mgsc, w.mltc) == (0.5, 1.0, 0.2)
 
 
 def test_shared_and_recomputed_unimodal_passes_give_the_same_losses(tiny_model):
@@ -76,7 +76,7 @@ def test_masks_depend_on_the_step_not_on_the_call(tiny_model):
 
 
 def test_zero_weight_objectives_are_skipped(tiny_model):
-    tiny_model.config.loss_weights = {**{name: 0.0 for name in tiny_model.loss_weights}, "itc": 1.0}
+    tiny_model.config.loss_weights = LossWeights(itc=1.0)
     out = tiny_model(tiny_batch())
     assert {key for key in out.keys() if key.startswith("loss")} == {"loss", "loss_itc"}
 
@@ -85,7 +85,7 @@ def test_unknown_objective_or_negative_mode_is_refused(lavis_glscl):
     from omegaconf import OmegaConf
 
     base = OmegaConf.load(GlsclPretrain.default_config_path("tiny")).model
-    with pytest.raises(ValueError, match="unknown loss_weights"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) model.loss_weights.mgcs \(did you mean 'mgsc'\?\)"):
         GlsclPretrain.from_config(OmegaConf.merge(base, {"loss_weights": {"mgcs": 1.0}}))
     with pytest.raises(ValueError, match="itm_negatives"):
         GlsclPretrain.from_config(OmegaConf.merge(base, {"itm_negatives": "hardest"}))
@@ -116,12 +116,12 @@ def test_optimizer_groups_scale_fusion_and_heads_and_skip_decay_on_biases(tiny_m
 def test_video_batches_train_with_per_frame_mgsc(tiny_model):
     out = tiny_model(tiny_batch(frames=3))
     assert torch.isfinite(out.loss) and out.loss_mltc_image is not None and out.loss_mgsc_image is not None
-    tiny_model.config.mltc_on_video = False
+    tiny_model.config.video_completion.mltc = False
     assert tiny_model(tiny_batch(frames=3)).loss_mltc_image is None
 
 
-def test_mgsc_on_video_off_drops_mgsc_from_video_batches_only(tiny_model):
-    tiny_model.config.mgsc_on_video = False
+def test_video_completion_mgsc_off_drops_mgsc_from_video_batches_only(tiny_model):
+    tiny_model.config.video_completion.mgsc = False
     video = tiny_model(tiny_batch(frames=3))
     assert video.loss_mgsc_image is None and video.loss_mgsc_text is None
     assert video.loss_mltc_text is not None and video.loss_mltc_image is not None

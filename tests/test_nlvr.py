@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from helpers import read_log_records, tiny_batch, train_in_process
+from PIL import Image
 
 SMALL_SET = {"num_train_images": 40, "num_train": 64, "num_test_images": 20, "num_test": 40, "image_size": 64,
              "seed": 3}
@@ -270,6 +269,7 @@ run: {{task: multimodal_classification, runner: runner_glscl, device: cpu, seed:
 
 def test_glscl_nlvr_trains_two_steps_and_lavis_multimodal_classification_scores_it(lavis_glscl, tmp_path):
     from lavis.common.registry import registry
+
     from lavis_glscl.datasets import nlvr
 
     output_dir = tmp_path / "out"

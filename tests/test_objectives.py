@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from lavis_glscl.models import objectives
+from lavis_glscl.models.pretraining import objectives
+from lavis_glscl.models.glscl.group_contrast import group_contrastive_loss, group_text_separation_loss
 
 
 def ce(logits, target):
@@ -114,10 +115,10 @@ def test_group_contrastive_loss_is_itc_inside_each_group_by_hand():
         image_rows += sum(ce(sim[i], i) for i in range(2))
         text_rows += sum(ce([sim[i][j] for i in range(2)], j) for j in range(2))
     expected = image_rows / 4 + text_rows / 4
-    loss = objectives.group_contrastive_loss(3.0 * unit(angles_image), unit(angles_text), 2, tau)
+    loss = group_contrastive_loss(3.0 * unit(angles_image), unit(angles_text), 2, tau)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     # one group of the whole batch is the batch-wide ITC
-    whole = objectives.group_contrastive_loss(unit(angles_image), unit(angles_text), 4, tau)
+    whole = group_contrastive_loss(unit(angles_image), unit(angles_text), 4, tau)
     assert whole.item() == pytest.approx(objectives.norm_softmax_loss(unit(angles_image) @ unit(angles_text).t(),
                                                                        tau).item(), rel=1e-6)
 
@@ -125,9 +126,9 @@ def test_group_contrastive_loss_is_itc_inside_each_group_by_hand():
 @pytest.mark.parametrize("batch, group", [(5, 2), (4, 1), (4, 3)])
 def test_group_contrastive_loss_refuses_batches_without_whole_groups(batch, group):
     with pytest.raises(ValueError, match="group"):
-        objectives.group_contrastive_loss(torch.randn(batch, 3), torch.randn(batch, 3), group, 0.1)
+        group_contrastive_loss(torch.randn(batch, 3), torch.randn(batch, 3), group, 0.1)
     with pytest.raises(ValueError, match="group"):
-        objectives.group_text_separation_loss(torch.randn(batch, 3), group, 0.5, 0.1)
+        group_text_separation_loss(torch.randn(batch, 3), group, 0.5, 0.1)
 
 
 def test_group_text_separation_loss_is_the_mean_hinge_on_cosines_inside_each_group_by_hand():
@@ -139,10 +140,10 @@ def test_group_text_separation_loss_is_the_mean_hinge_on_cosines_inside_each_gro
     hinges = [max(math.cos(angles[group + i] - angles[group + j]) - margin, 0.0)
               for group in (0, 3) for i in range(3) for j in range(3) if i != j]
     texts = (2.0 * unit(angles)).requires_grad_()
-    loss = objectives.group_text_separation_loss(texts, 3, margin, temperature)
+    loss = group_text_separation_loss(texts, 3, margin, temperature)
     assert loss.item() == pytest.approx(sum(hinges) / 12 / temperature, rel=1e-6)
     loss.backward()
     assert texts.grad[:2].abs().sum() > 0 and texts.grad[2].abs().sum() == 0  # 1.4 is beyond 60 degrees of both
     apart = unit([0.0, 2.0, 4.0, 1.0, 3.0, 5.0]).requires_grad_()
-    objectives.group_text_separation_loss(apart, 3, margin, temperature).backward()
+    group_text_separation_loss(apart, 3, margin, temperature).backward()
     assert apart.grad.abs().sum() == 0

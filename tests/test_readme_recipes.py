@@ -36,8 +36,8 @@ def test_lavis_cache_root_moves_with_lavis_glscl_cache(lavis_glscl, tmp_path):
 def test_zero_shot_evaluation_recipe_builds_a_test_only_itm_scored_run(lavis_glscl, project, dataset_type):
     from lavis.common.registry import registry
 
-    from lavis_glscl.models.glscl import GlsclConfig as ModelConfig
     from lavis_glscl.models.base import CHECKPOINT_KEYS, LAVIS_ONLY_KEYS
+    from lavis_glscl.models.glscl import GlsclConfig as ModelConfig
 
     cfg_path = str(paths.PROJECT_DIR / project)
     launch.check_required_values(*launch.load_run_yaml(cfg_path, ZERO_SHOT_OPTIONS))
@@ -50,7 +50,7 @@ def test_zero_shot_evaluation_recipe_builds_a_test_only_itm_scored_run(lavis_gls
     model_config = ModelConfig.from_options(options)
     assert cfg.model_cfg.pretrained == "/ckpt/GLSCL-100k.ckpt" and not cfg.model_cfg.load_finetuned
     # no rank head: the ITC shortlist is re-ranked by the pre-trained ITM head
-    assert model_config.loss_weights["rank"] == 0.0 and model_config.vision.image_size == 288
+    assert model_config.loss_weights.rank == 0.0 and model_config.vision.image_size == 288
     dataset_cfg = cfg.datasets_cfg.glscl_image_text
     builder = registry.get_builder_class("glscl_image_text")(dataset_cfg)
     assert dataset_cfg.type == dataset_type and set(builder.config.build_info.annotations) == {"test"}

@@ -34,23 +34,25 @@ def count_optimizer_steps(runner, monkeypatch):
 
 
 def test_the_task_train_step_is_what_the_runner_calls(run_yaml, tmp_path, monkeypatch):
+    """LAVIS's own train_step (model(samples)["loss"]): the runner calls the model and logs its whole output; a task's
+    train_step of its own is what the runner calls, its loss the one trained and logged."""
     runner = tiny_runner(run_yaml(run={"iters_per_epoch": 3}), tmp_path)
     calls = []
-    real_train_step = runner.task.train_step
 
     def doubled_train_step(model, samples):
         calls.append(samples["iters"])
-        return 2 * real_train_step(model=model, samples=samples)
+        output = model(samples)
+        return 2 * output["loss"], output
 
     monkeypatch.setattr(runner.task, "train_step", doubled_train_step)
     runner.train()
     assert calls == [0, 1, 2]
     records = read_log_records(tmp_path, "train_step")
-    parts = ("loss_itc", "loss_itm", "loss_mlm", "loss_mgsc_image", "loss_mgsc_text", "loss_mltc_image",
-             "loss_mltc_text")
-    assert all(f"train_step_{part}" in records[0] for part in parts)  # the model's own outputs are still logged
     weights = runner.unwrap_dist_model(runner.model).loss_weights
-    weighted = sum(weights[part.split("_")[1]] * records[0][f"train_step_{part}"] for part in parts)
+    parts = {"loss_itc": weights.itc, "loss_itm": weights.itm, "loss_mlm": weights.mlm, "loss_mgsc_image": weights.mgsc,
+             "loss_mgsc_text": weights.mgsc, "loss_mltc_image": weights.mltc, "loss_mltc_text": weights.mltc}
+    assert all(f"train_step_{part}" in records[0] for part in parts)  # the model's own outputs are still logged
+    weighted = sum(weight * records[0][f"train_step_{part}"] for part, weight in parts.items())
     assert records[0]["train_step_loss"] == pytest.approx(2 * weighted, rel=1e-5)  # the task's loss is the loss
 
 
@@ -166,8 +168,9 @@ def test_slurm_variables_start_a_two_process_run(lavis_glscl, tmp_path):
 
 
 def test_slurm_without_a_rendezvous_address_names_what_to_set(lavis_glscl):
-    from lavis_glscl.distributed import LaunchError, init_distributed
     from omegaconf import OmegaConf
+
+    from lavis_glscl.distributed import LaunchError, init_distributed
 
     environment = {"SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1"}
     run_cfg = OmegaConf.create({"device": "cpu", "dist_url": "env://"})

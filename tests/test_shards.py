@@ -16,10 +16,14 @@ from helpers import free_port, read_log_records, train_in_process
 from PIL import Image
 
 from lavis_glscl.datasets.loaders import TrainBatches
-from lavis_glscl.datasets.shards import (ShardedCaptionPairs, ShardedVideoCaptionPairs, ShardEntry, load_shard_list,
-                                         read_index)
-from lavis_glscl.processors import (GlsclCaptionProcessor, GlsclImageEvalProcessor, GlsclImageTrainProcessor,
-                                    GlsclVideoEvalProcessor)
+from lavis_glscl.datasets.shard_files import ShardEntry, load_shard_list, read_index
+from lavis_glscl.datasets.shards import ShardedCaptionPairs, ShardedVideoCaptionPairs
+from lavis_glscl.processors import (
+    GlsclCaptionProcessor,
+    GlsclImageEvalProcessor,
+    GlsclImageTrainProcessor,
+    GlsclVideoEvalProcessor,
+)
 from lavis_glscl.tools import make_shards
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from helpers import DETERMINISTIC, TINY_RUN, free_port, read_log_records, run_module, step_losses
 
+
 @pytest.mark.slow
 def test_train_module_runs_two_iterations_and_tests(tmp_path):
     result = run_module("lavis_glscl.train", ["--cfg-path", str(TINY_RUN), "--options", f"run.output_dir={tmp_path}"],

@@ -350,7 +350,7 @@ def test_bad_options_and_files_stop_in_seconds_with_one_line_naming_the_key(tiny
         start = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "lavis_glscl.train", "--cfg-path", cfg_path,
                                  "--options", f"run.output_dir={tmp_path / 'out'}", *options], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+                                capture_output=True, text=True, timeout=120)
         return name, expected, result, time.monotonic() - start
 
     cases = bad_inputs(tmp_path, tiny)

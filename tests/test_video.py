@@ -12,9 +12,14 @@ from helpers import loss_values, tiny_batch
 
 from lavis_glscl.datasets import shapes
 from lavis_glscl.datasets.datasets import VideoCaptionDataset, VideoRetrievalGallery
-from lavis_glscl.models.vision_transformer import VisionTransformer
-from lavis_glscl.processors import (GlsclCaptionProcessor, GlsclVideoEvalProcessor, GlsclVideoTrainProcessor,
-                                    VideoDecodeError, frame_indices)
+from lavis_glscl.models.layers.vision_transformer import VisionTransformer
+from lavis_glscl.processors import (
+    GlsclCaptionProcessor,
+    GlsclVideoEvalProcessor,
+    GlsclVideoTrainProcessor,
+    VideoDecodeError,
+    frame_indices,
+)
 
 
 @pytest.mark.parametrize("length, frames, expected", [

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from direction_probe import DirectionProbe, DotClips, direction_accuracy, train_direction_probe
 from helpers import tiny, tiny_batch
 from omegaconf import OmegaConf
 
 from lavis_glscl.datasets import shapes
-from lavis_glscl.models.negatives import group_partners
-from lavis_glscl.models.vision_transformer import VisionTransformer
+from lavis_glscl.models.layers.vision_transformer import VisionTransformer
+from lavis_glscl.models.pretraining.negatives import group_partners
 from lavis_glscl.processors import GlsclVideoEvalProcessor, GlsclVideoTrainProcessor
-from lavis_glscl.tools.direction_probe import DirectionProbe, DotClips, direction_accuracy, train_direction_probe
 
 
 @pytest.fixture

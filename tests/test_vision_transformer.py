@@ -3,8 +3,12 @@ import pytest
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from lavis_glscl.models.vision_transformer import (VisionTransformer, frame_attention_mask, hf_clip_vision_to_openai,
-                                                   resize_position_embedding)
+from lavis_glscl.models.layers.vision_transformer import (
+    VisionTransformer,
+    frame_attention_mask,
+    hf_clip_vision_to_openai,
+    resize_position_embedding,
+)
 
 
 def tiny_vit(**kwargs):

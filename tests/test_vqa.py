@@ -41,8 +41,9 @@ def test_easy_vqa_conversion_keeps_the_official_split_and_lavis_scores_it(easy_v
 
 
 def test_vqa_soft_targets_and_prediction(lavis_glscl):
-    from lavis_glscl.models.glscl import GlsclVqa
     from omegaconf import OmegaConf
+
+    from lavis_glscl.models.glscl import GlsclVqa
 
     cfg = OmegaConf.merge(OmegaConf.load(GlsclVqa.default_config_path("tiny")).model,
                           {"arch": "glscl_vqa", "answer_list": "package:easy_vqa"})

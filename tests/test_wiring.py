@@ -14,12 +14,12 @@ P3 full-length image with ``visual_mask_token`` patches (``token_mask``) + full 
 import inspect
 from typing import NamedTuple
 
+import helpers
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import helpers
-from helpers import tiny_batch
+from helpers import tiny_batch, typed_config
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -41,7 +41,7 @@ def tiny(arch: str, **overrides):
 
 def tiny_sizes():
     """Patches per frame N and the three mask ratios, from the tiny pre-training yaml."""
-    cfg = tiny_config("glscl_pretrain")
+    cfg = typed_config("glscl_pretrain")
     patches = (cfg.vision.image_size // cfg.vision.patch_size) ** 2
     return patches, cfg
 
@@ -146,7 +146,7 @@ def completion_step(request, lavis_glscl):
     trace = Trace(model)
     batch = tiny_batch(batch_size=6, frames=None if frames == 1 else frames, seed=1)
     out = model(batch)
-    ids, attention_mask, maskable = hf_text(model, batch["text_input"], tiny_config("glscl_pretrain").text.max_length)
+    ids, attention_mask, maskable = hf_text(model, batch["text_input"], typed_config("glscl_pretrain").text.max_length)
     passes = {}
     assert len(trace.fusions) == 3, "MGSC + MLTC take exactly the three fusion passes P1, P2, P3"
     for call in trace.fusions:
@@ -180,7 +180,7 @@ def test_mgsc_image_predicts_with_p1_frame_cls_tokens_against_detached_p2_averag
     assert torch.equal(positions, expected)
     assert_no_gradient(loss, s.p1.fusion.text_feats, s.p2.fusion.image_feats, s.p2.fusion.text_feats,
                        s.p3.fusion.image_feats, s.p3.fusion.text_feats)
-    temperature = tiny_config("glscl_pretrain").mgsc_temperature
+    temperature = typed_config("glscl_pretrain").mgsc_temperature
     reference = torch.stack([nsl(s.p1.fusion.image_feats[:, f], s.p2.fusion.image_feats[:, f], temperature)
                              for f in range(frames)]).mean()
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
@@ -197,7 +197,7 @@ def test_mgsc_text_predicts_with_p2_text_cls_against_detached_p1_text_cls(comple
     assert_no_gradient(loss, s.p2.fusion.image_feats, s.p1.fusion.text_feats, s.p1.fusion.image_feats,
                        s.p3.fusion.text_feats, s.p3.fusion.image_feats)
     reference = nsl(s.p2.fusion.text_feats[:, 0], s.p1.fusion.text_feats[:, 0],
-                    tiny_config("glscl_pretrain").mgsc_temperature)
+                    typed_config("glscl_pretrain").mgsc_temperature)
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
@@ -211,7 +211,7 @@ def test_mltc_text_predicts_with_p2_at_its_masked_tokens_against_detached_p1_tok
     assert_no_gradient(loss, s.p2.fusion.image_feats, s.p1.fusion.text_feats, s.p1.fusion.image_feats,
                        s.p3.fusion.text_feats, s.p3.fusion.image_feats)
     reference = nsl(s.p2.fusion.text_feats[masked], s.p1.fusion.text_feats[masked],
-                    tiny_config("glscl_pretrain").mltc_temperature)
+                    typed_config("glscl_pretrain").mltc_temperature)
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
@@ -229,7 +229,7 @@ def test_mltc_image_predicts_with_p3_at_mask_token_patches_against_detached_p2_t
     assert_no_gradient(loss, s.p3.fusion.text_feats, s.p2.fusion.image_feats, s.p2.fusion.text_feats,
                        s.p1.fusion.image_feats, s.p1.fusion.text_feats)
     reference = nsl(s.p3.fusion.image_feats[expected], s.p2.fusion.image_feats[expected],
-                    tiny_config("glscl_pretrain").mltc_temperature)
+                    typed_config("glscl_pretrain").mltc_temperature)
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
 
 
@@ -271,7 +271,7 @@ def test_p3_replaces_exactly_int_n_times_0_3_patches_by_the_mask_token(completio
 
 
 def test_mlm_selects_about_15_percent_of_maskable_tokens_never_special_ones(lavis_glscl, monkeypatch):
-    from lavis_glscl.models import objectives
+    from lavis_glscl.models.pretraining import objectives
 
     model = tiny("glscl_pretrain", loss_weights={"mlm": 1.0})
     trace = Trace(model)
@@ -285,11 +285,11 @@ def test_mlm_selects_about_15_percent_of_maskable_tokens_never_special_ones(lavi
 
     monkeypatch.setattr(objectives, "mlm_loss", recording_mlm_loss)
     mask_token_id = model.tokenizer.mask_token_id
-    probability = tiny_config("glscl_pretrain").mlm_probability  # 0.15
+    probability = typed_config("glscl_pretrain").mlm_probability  # 0.15
     mask_tokens = 0
     for step in range(4):
         batch = dict(tiny_batch(batch_size=8, seed=step), iters=step)
-        ids, attention_mask, maskable = hf_text(model, batch["text_input"], tiny_config("glscl_pretrain").text.max_length)
+        ids, attention_mask, maskable = hf_text(model, batch["text_input"], typed_config("glscl_pretrain").text.max_length)
         for log in (trace.images, trace.texts, trace.fusions):
             log.clear()
         out = model(batch)
@@ -386,7 +386,7 @@ def test_itm_random_negatives_half_the_rows_labelled_0_positives_1(lavis_glscl):
     (image,) = trace.images
     assert image.args["keep_indices"] is None and image.args["token_mask"] is None
     own_images = image.out
-    ids, _, _ = hf_text(model, batch["text_input"], tiny_config("glscl_pretrain").text.max_length)
+    ids, _, _ = hf_text(model, batch["text_input"], typed_config("glscl_pretrain").text.max_length)
     own_texts = next(c for c in trace.texts if torch.equal(c.args["input_ids"], ids)).out
     rows = torch.arange(8)
     assert torch.equal(match_rows(call.args["text_tokens"], own_texts), rows)
@@ -427,9 +427,9 @@ def test_itm_hard_negatives_fuse_3b_rows_the_first_b_positive(lavis_glscl):
 
 
 def test_itc_group_contrasts_each_clip_with_its_group_partners_caption_only_in_grouped_batches(lavis_glscl):
-    """``itc_group_weight``: ITC among the rows of each batch group (rows 2k, 2k + 1 for groups of 2), on the same
-    unimodal ITC features, in the total as weight(itc) x itc_group_weight; absent from ungrouped batches."""
-    model = tiny("glscl_pretrain", loss_weights={"itc": 2.0}, itc_group_weight=0.5)
+    """``group_contrast.weight``: ITC among the rows of each batch group (rows 2k, 2k + 1 for groups of 2), on the same
+    unimodal ITC features, in the total as weight(itc) x group_contrast.weight; absent from ungrouped batches."""
+    model = tiny("glscl_pretrain", loss_weights={"itc": 2.0}, group_contrast={"weight": 0.5})
     batch = {**tiny_batch(batch_size=6, frames=2, seed=8), "batch_group_size": 2}
     out = model(batch)
     image = F.normalize(out.intermediate_output.image_feat.detach(), dim=-1)
@@ -444,17 +444,17 @@ def test_itc_group_contrasts_each_clip_with_its_group_partners_caption_only_in_g
     expected = (by_image + by_text) / 6
     assert out.loss_itc_group.item() == pytest.approx(expected.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx(2.0 * (out.loss_itc.item() + 0.5 * out.loss_itc_group.item()), rel=1e-5)
-    assert tiny("glscl_pretrain", loss_weights={"itc": 2.0}, itc_group_weight=0.5)(
+    assert tiny("glscl_pretrain", loss_weights={"itc": 2.0}, group_contrast={"weight": 0.5})(
         {**batch, "batch_group_size": 1}).loss_itc_group is None
     assert tiny("glscl_pretrain", loss_weights={"itc": 2.0})(batch).loss_itc_group is None
 
 
 def test_itc_group_text_margin_hinges_the_cosine_of_each_groups_captions_itc_features(lavis_glscl):
-    """``itc_group_text_margin``: a hinge on the cosine of rows 2k, 2k + 1's ITC text features above the margin,
+    """``group_contrast.text_margin``: a hinge on the cosine of rows 2k, 2k + 1's ITC text features above the margin,
     over the group term's temperature (ITC's learnable one, which it does not train), weighted as the group term;
     without the margin, or in an ungrouped batch, no such loss."""
     margin = -0.5
-    model = tiny("glscl_pretrain", loss_weights={"itc": 2.0}, itc_group_weight=0.5, itc_group_text_margin=margin)
+    model = tiny("glscl_pretrain", loss_weights={"itc": 2.0}, group_contrast={"weight": 0.5, "text_margin": margin})
     tau = model.cl_temp.item()
     batch = {**tiny_batch(batch_size=6, frames=2, seed=8), "batch_group_size": 2}
     out = model(batch)
@@ -467,19 +467,19 @@ def test_itc_group_text_margin_hinges_the_cosine_of_each_groups_captions_itc_fea
     assert model.cl_temp.grad is None or model.cl_temp.grad == 0
     assert out.loss.item() == pytest.approx(
         2.0 * (out.loss_itc.item() + 0.5 * (out.loss_itc_group.item() + out.loss_itc_group_text.item())), rel=1e-5)
-    assert tiny("glscl_pretrain", loss_weights={"itc": 2.0}, itc_group_weight=0.5)(batch).loss_itc_group_text is None
+    assert tiny("glscl_pretrain", loss_weights={"itc": 2.0}, group_contrast={"weight": 0.5})(batch).loss_itc_group_text is None
     assert model({**batch, "batch_group_size": 1}).loss_itc_group_text is None
-    with pytest.raises(ValueError, match="itc_group_text_margin"):
-        tiny("glscl_pretrain", itc_group_text_margin=1.0)
+    with pytest.raises(ValueError, match="group_contrast.text_margin must be a cosine"):
+        tiny("glscl_pretrain", group_contrast={"text_margin": 1.0})
 
 
 def test_itc_group_detach_text_trains_only_the_visual_side_with_the_group_term(lavis_glscl):
-    """``itc_group_detach_text``: the same group loss value, whose gradient reaches the video tower and its ITC
+    """``group_contrast.detach_text``: the same group loss value, whose gradient reaches the video tower and its ITC
     projection but no text parameter (with it off, the text tower gets one)."""
     batch = {**tiny_batch(batch_size=4, frames=2, seed=9), "batch_group_size": 2}
     grads = {}
     for detach in (False, True):
-        model = tiny("glscl_pretrain", loss_weights={"itc": 1.0}, itc_group_weight=1.0, itc_group_detach_text=detach)
+        model = tiny("glscl_pretrain", loss_weights={"itc": 1.0}, group_contrast={"weight": 1.0, "detach_text": detach})
         loss = model(batch).loss_itc_group
         loss.backward()
         grads[detach] = (loss.item(), {name: param.grad for name, param in model.named_parameters()})
@@ -650,7 +650,7 @@ def test_warmup_linear_schedule_starts_at_warmup_start_lr(lavis_glscl):
 
 def test_warmup_linear_schedule_gives_fusion_layers_lr_scale_times_the_encoder_lr(lavis_glscl):
     model = tiny("glscl_pretrain")
-    scale = tiny_config("glscl_pretrain").lr_scales["cross_modal_"]
+    scale = typed_config("glscl_pretrain").lr_scales["cross_modal_"]
     assert scale == 5.0 and FUSION_PARAM.startswith("cross_modal_")
     lrs = scheduled_lrs(model, max_epoch=1, iters_per_epoch=10, init_lr=1e-3, min_lr=1e-5, warmup_steps=2)
     assert lrs[2][0] == pytest.approx(1e-3)

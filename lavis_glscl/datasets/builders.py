@@ -15,10 +15,14 @@ from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from omegaconf import OmegaConf
 
 from lavis_glscl.datasets import shapes
-from lavis_glscl.datasets.datasets import (ImageCaptionDataset, ImageRetrievalGallery, VideoCaptionDataset,
-                                           VideoRetrievalGallery)
-from lavis_glscl.datasets.shards import (ShardedCaptionPairs, ShardedVideoCaptionPairs, load_shard_list,
-                                         shard_paths)
+from lavis_glscl.datasets.datasets import (
+    ImageCaptionDataset,
+    ImageRetrievalGallery,
+    VideoCaptionDataset,
+    VideoRetrievalGallery,
+)
+from lavis_glscl.datasets.shard_files import load_shard_list, shard_paths
+from lavis_glscl.datasets.shards import ShardedCaptionPairs, ShardedVideoCaptionPairs
 from lavis_glscl.paths import config_path
 
 

@@ -5,20 +5,19 @@ image or video that does not decode) are dropped when the dataset is built and c
 A training image or video that fails to decode at load time is replaced by the next readable sample, and
 the sample carries ``num_skipped`` = 1 so the runner can count skips per epoch across workers and ranks.
 """
-import contextlib
 import logging
 import os
 import random
 from collections import defaultdict
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import decord
-import torch
 from lavis.datasets.datasets.base_dataset import BaseDataset
 from lavis.datasets.datasets.retrieval_datasets import RetrievalEvalDataset, VideoRetrievalEvalDataset
 from PIL import Image
 
 from lavis_glscl.processors import DECORD_ERRORS
+from lavis_glscl.seeding import seeded_global_draws
 
 # VideoDecodeError is a ValueError; PIL raises OSError/SyntaxError on truncated or foreign files.
 LOAD_ERRORS = (OSError, ValueError, SyntaxError)
@@ -47,18 +46,27 @@ def video_decodes(path: str) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def seeded_draws(seed: int) -> Iterator[None]:
-    """Python's and torch's global random draws inside the block (frame sampling, crop, flip) come from ``seed``;
-    outside it both streams go on as if the block had drawn nothing."""
-    python_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        torch.default_generator.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
+ABSENT = object()  # a candidate that is not there at all (a pair an index counts but a shard lacks): not a failure
+
+
+def first_readable(load: Callable[[int], object], candidates: int, max_failures: int,
+                   failure: Callable[[int], str]) -> dict:
+    """The sample of the first candidate (offset 0, 1, ... below ``candidates``) that ``load(offset)`` reads, with
+    ``num_skipped`` 1 when it is not the first: a bad sample is replaced by the next good one and counted, never
+    dropped from the batch.  ``load`` returns a sample, None for one that does not read (logged by ``load``), or
+    :data:`ABSENT`; after ``max_failures`` that do not read, ``RuntimeError(failure(count))``."""
+    failures = 0
+    for offset in range(candidates):
+        sample = load(offset)
+        if sample is ABSENT:
+            continue
+        if sample is not None:
+            sample["num_skipped"] = int(offset > 0)
+            return sample
+        failures += 1
+        if failures >= max_failures:
+            break
+    raise RuntimeError(failure(failures))
 
 
 class AnnotationFilterMixin:
@@ -86,8 +94,8 @@ class AnnotationFilterMixin:
                 kept.append(ann)
         if self.dropped:
             summary = ", ".join(f"{len(items)} {reason}" for reason, items in sorted(self.dropped.items()))
-            logging.warning("%s: skipped %d of %d annotations (%s)", type(self).__name__, len(self.annotation) - len(kept),
-                            len(self.annotation), summary)
+            logging.warning("%s: skipped %d of %d annotations (%s)", type(self).__name__,
+                            len(self.annotation) - len(kept), len(self.annotation), summary)
         self.annotation = kept
         super()._add_instance_ids(key)
 
@@ -97,7 +105,8 @@ class AnnotationFilterMixin:
         if isinstance(captions, list):
             ann["caption"] = [c for c in captions if self._usable_caption(c)]
             if len(ann["caption"]) < len(captions):
-                self.dropped["empty caption"].extend([str(ann.get(self.media_key))] * (len(captions) - len(ann["caption"])))
+                empty = len(captions) - len(ann["caption"])
+                self.dropped["empty caption"].extend([str(ann.get(self.media_key))] * empty)
             if not ann["caption"]:
                 return "no usable caption"
         elif not self._usable_caption(captions):
@@ -147,7 +156,7 @@ class CaptionPairDataset(AnnotationFilterMixin, BaseDataset):
     def __getitem__(self, index):
         if self.batch_group_size == 1:
             return self._load(index)
-        with seeded_draws(self._group_seed(index)):
+        with seeded_global_draws(self._group_seed(index)):
             return self._load(index)
 
     def _group_seed(self, index: int) -> int:
@@ -158,22 +167,20 @@ class CaptionPairDataset(AnnotationFilterMixin, BaseDataset):
         return self._group_draw[1]
 
     def _load(self, index: int) -> dict:
-        for offset in range(min(len(self), self.max_replacements)):
+        def load(offset: int):
             ann = self.annotation[(index + offset) % len(self)]
             path = os.path.join(self.vis_root, ann[self.media_key])
             try:
                 media = self.load_media(path)
             except LOAD_ERRORS as error:
                 logging.warning("skipping unreadable %s %s (%s)", self.media_key, path, error)
-                continue
-            return {
-                self.media_key: media,
-                "text_input": self.text_processor(ann["caption"]),
-                "image_id": self.image_ids[self._group(ann)],
-                "instance_id": ann["instance_id"],
-                "num_skipped": int(offset > 0),
-            }
-        raise RuntimeError(f"{self.max_replacements} consecutive unreadable files from index {index} in {self.vis_root}")
+                return None
+            return {self.media_key: media, "text_input": self.text_processor(ann["caption"]),
+                    "image_id": self.image_ids[self._group(ann)], "instance_id": ann["instance_id"]}
+
+        return first_readable(load, len(self), self.max_replacements,
+                              lambda failures: f"{failures} consecutive unreadable files from index {index} in "
+                                               f"{self.vis_root}")
 
     def collater(self, samples):
         """LAVIS's collation, plus ``batch_group_size`` when batches come in groups (ITM's ``partner`` negatives)."""

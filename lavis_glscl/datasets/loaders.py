@@ -18,19 +18,7 @@ from typing import Iterator, List, Optional, Sequence, Union
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-_STRIDE = 1_000_003
-
-
-def mixed_seed(*parts: int) -> int:
-    """One seed from several integers (seed, epoch, ...), the same in every process."""
-    seed = 0
-    for part in parts:
-        seed = seed * _STRIDE + int(part)
-    return seed % (2 ** 63)
-
-
-def seeded_generator(*parts: int) -> torch.Generator:
-    return torch.Generator().manual_seed(mixed_seed(*parts))
+from lavis_glscl.seeding import Salt, seeded_generator
 
 
 def is_streamed(dataset) -> bool:
@@ -145,7 +133,7 @@ class TrainBatches:
         """Which dataset each step of ``epoch`` draws from (the same on every rank)."""
         if len(self.datasets) == 1:
             return [0] * self.iters_per_epoch
-        generator = seeded_generator(self.seed, epoch, 7)
+        generator = seeded_generator(self.seed, epoch, Salt.DATASET_SCHEDULE)
         return torch.multinomial(self.ratios, self.iters_per_epoch, replacement=True, generator=generator).tolist()
 
     def epoch(self, epoch: int, start_iter: int = 0) -> Iterator[dict]:
@@ -156,7 +144,7 @@ class TrainBatches:
             start_batch = schedule[:start_iter].count(index)
             # An own generator: creating the iterator must not draw from the global RNG, which a resumed
             # run restores from its checkpoint; it also seeds the workers' augmentations per epoch and rank.
-            generator = seeded_generator(self.seed, epoch, index, self.rank, 11)
+            generator = seeded_generator(self.seed, epoch, index, self.rank, Salt.LOADER)
             if is_streamed(dataset):
                 if start_batch == schedule.count(index):
                     iterators.append(None)  # nothing left to draw: start no workers

@@ -6,11 +6,24 @@ import functools
 import inspect
 from typing import Callable
 
-from lavis_glscl.matching.losses import (MATCHING_LOSSES, hinge_ranking_loss, info_nce_loss, knn_margin_loss,
-                                         norm_softmax_loss, sum_margin_loss, unified_pair_loss, vse_plus_plus_loss)
+from lavis_glscl.matching.losses import (
+    MATCHING_LOSSES,
+    hinge_ranking_loss,
+    info_nce_loss,
+    knn_margin_loss,
+    norm_softmax_loss,
+    sum_margin_loss,
+    unified_pair_loss,
+    vse_plus_plus_loss,
+)
 from lavis_glscl.matching.normalizers import SCORE_NORMALIZERS, identity, inverted_softmax, querybank_normalise
-from lavis_glscl.matching.similarity import (SIMILARITY_HEADS, scan_similarity, token_max_sum_similarity,
-                                             token_mean_similarity, tokenflow_similarity)
+from lavis_glscl.matching.similarity import (
+    SIMILARITY_HEADS,
+    scan_similarity,
+    token_max_sum_similarity,
+    token_mean_similarity,
+    tokenflow_similarity,
+)
 
 PARTS = {"loss": MATCHING_LOSSES, "similarity_head": SIMILARITY_HEADS, "score_normalizer": SCORE_NORMALIZERS}
 

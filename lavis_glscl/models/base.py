@@ -7,7 +7,7 @@ from lavis.models.base_model import BaseModel
 from omegaconf import OmegaConf
 from torch import nn
 
-from lavis_glscl.models.checkpoints import DEFAULT_MIN_COVERAGE, collapse_names, load_model_weights
+from lavis_glscl.models.weights import DEFAULT_MIN_COVERAGE, collapse_names, load_model_weights
 from lavis_glscl.typed_options import check_value
 
 # LAVIS's checkpoint keys and ours, with their types
@@ -83,7 +83,7 @@ class ConfiguredModel(BaseModel):
     random_towers: Tuple[str, ...] = ()
 
     # Checkpoint keys a Lightning (released) checkpoint may hold that this model has no place for, and model
-    # keys it may lack; see lavis_glscl.models.checkpoints.load_model_weights.
+    # keys it may lack; see lavis_glscl.models.weights.load_model_weights.
     RELEASED_UNUSED_OK: Tuple[str, ...] = ()
     RELEASED_MISSING_OK: Tuple[str, ...] = ()
 
@@ -102,6 +102,11 @@ class ConfiguredModel(BaseModel):
         for name, param in self.named_parameters():
             if name.startswith(prefixes):
                 param.requires_grad_(False)
+
+    def skips_parameters_on_some_batches(self) -> bool:
+        """Whether some batches leave trainable parameters without a gradient; under DDP the runner then has each
+        step's unused parameters found (``find_unused_parameters``)."""
+        return False
 
     def reached_parameters(self) -> Iterable[nn.Parameter]:
         """The parameters the model's active objectives train; models with switchable objectives narrow it."""

@@ -17,104 +17,41 @@ Differences from ``RunnerBase`` (LAVIS 1.0.2):
   non-finite weights; ``resume_ckpt_path`` resumes at an epoch end or mid-epoch (``save_freq_iters``);
 - no unconditional barrier, and a relative ``output_dir`` is relative to the working directory.
 
-Where LAVIS 1.0.2's own loop is right, this one follows it: the step goes through ``task.train_step(model,
-samples)``; gradient accumulation (``accum_grad_iters``) synchronises DDP gradients only on the last micro-step
-(``no_sync``) and flushes a partial accumulation at the epoch end, so every checkpoint starts from zero gradients;
-LAVIS's schedulers keep each group's ``lr_scale`` (:class:`~lavis_glscl.optims.GroupScaledScheduler`); each logged
-step reports, as LAVIS's ``MetricLogger`` does, the ETA, seconds per step, data time and peak memory (CUDA
-allocator on GPU, resident set on CPU), plus the LR of every ``lr_scale`` group and, with ``max_grad_norm``, the
-gradient norm before clipping.
+Where LAVIS 1.0.2's own loop is right, this one follows it: the step is the task's ``train_step(model, samples)``
+(:meth:`RunnerGlscl.train_step`); gradient accumulation (``accum_grad_iters``) synchronises DDP gradients only on the
+last micro-step (``no_sync``) and flushes a partial accumulation at the epoch end, so every checkpoint starts from
+zero gradients; LAVIS's schedulers keep each group's ``lr_scale`` (:class:`~lavis_glscl.optims.GroupScaledScheduler`).
+The step logs (:mod:`.logs`) and the saved training state (:mod:`.state`) are mixins of their own.
 """
 import contextlib
 import datetime
 import logging
 import os
-import random
-import resource
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
-import numpy as np
 import torch
 from lavis.common.dist_utils import is_main_process
 from lavis.common.registry import registry
 from lavis.datasets.data_utils import prepare_sample, reorg_datasets_by_split
 from lavis.runners.runner_base import RunnerBase
+from lavis.tasks.base_task import BaseTask
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from lavis_glscl import distributed
 from lavis_glscl.datasets.loaders import TrainBatches
+from lavis_glscl.models.base import ConfiguredModel
 from lavis_glscl.optims import GroupScaledScheduler, default_param_groups
+from lavis_glscl.runners.logs import StepLogs, StepTimer
 from lavis_glscl.runners.options import RunOptions
-from lavis_glscl.serialization import read_checkpoint
-from lavis_glscl.typed_options import ConfigError
-
-
-def rng_state() -> dict:
-    """This process's Python, NumPy and torch RNG states as plain lists (picklable across ranks, and loadable
-    with ``torch.load(weights_only=True)``)."""
-    numpy_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    python_state = state["python"]
-    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this process so far in MiB: the CUDA allocator's on GPU, the resident set's on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-class StepTimer:
-    """Seconds per step and data-loading seconds per step since the epoch (re)started, and the epoch's ETA."""
-
-    def __init__(self, iters: int):
-        self.iters = iters
-        self.steps = 0
-        self.total = self.data = 0.0
-        self.started = self.last = time.time()
-
-    def data_ready(self) -> None:
-        self.data += time.time() - self.last
-
-    def step_done(self) -> None:
-        self.steps += 1
-        self.last = time.time()
-        self.total = self.last - self.started
-
-    @property
-    def seconds_per_step(self) -> float:
-        return self.total / max(1, self.steps)
-
-    @property
-    def data_seconds_per_step(self) -> float:
-        return self.data / max(1, self.steps)
-
-    def eta_seconds(self, step: int) -> float:
-        return self.seconds_per_step * (self.iters - step - 1)
+from lavis_glscl.runners.state import CheckpointState
 
 
 @registry.register_runner("runner_glscl")
-class RunnerGlscl(RunnerBase):
+class RunnerGlscl(CheckpointState, StepLogs, RunnerBase):
     """See the module docstring.  Extra run options: ``amp_dtype`` (float16|bfloat16), ``warmup_ratio``,
     ``iters_per_epoch``, ``save_freq_iters``, ``keep_last_checkpoints``, ``find_unused_parameters``,
     ``adam_eps``, ``max_grad_norm``."""
@@ -149,7 +86,7 @@ class RunnerGlscl(RunnerBase):
             self._model = self._model.to(self.device)
             if self.use_distributed:
                 device_ids = [self.config.run_cfg.gpu] if self.cuda_enabled else None
-                skips = getattr(self._model, "skips_parameters_on_some_batches", lambda: False)()
+                skips = isinstance(self._model, ConfiguredModel) and self._model.skips_parameters_on_some_batches()
                 find_unused = self.options.find_unused_parameters or skips
                 self._wrapped_model = DistributedDataParallel(self._model, device_ids=device_ids,
                                                               find_unused_parameters=find_unused)
@@ -342,18 +279,18 @@ class RunnerGlscl(RunnerBase):
         return self._epoch_stats(sums, counts)
 
     def train_step(self, model, samples: dict) -> Tuple[torch.Tensor, dict]:
-        """The task's ``train_step(model, samples)`` (a task that overrides it is honoured); returns its loss and
-        the model output of that step (every ``loss*`` entry is logged).  LAVIS's tasks return the loss alone, so
-        the output is taken from the model's forward as the task calls it."""
-        captured = {}
-        hook = self.unwrap_dist_model(model).register_forward_hook(
-            lambda module, inputs, output: captured.setdefault("output", output))
-        try:
-            result = self.task.train_step(model=model, samples=samples)
-        finally:
-            hook.remove()
-        loss = result[0] if isinstance(result, (tuple, list)) else result
-        output = dict(captured.get("output") or {})
+        """The step's loss and the model output it came from (every ``loss*`` entry is logged).  LAVIS's
+        ``BaseTask.train_step`` is ``model(samples)["loss"]``: for a task that keeps it the runner calls the model
+        itself and keeps the whole output; a task with a ``train_step`` of its own is called as LAVIS calls it, and
+        may return the loss, ``(loss, output)`` or the output."""
+        own_step = vars(self.task).get("train_step") or type(self.task).train_step
+        if own_step is BaseTask.train_step:
+            output = dict(model(samples))
+            return output["loss"], output
+        result = self.task.train_step(model=model, samples=samples)
+        if isinstance(result, Mapping):
+            return result["loss"], dict(result)
+        loss, output = (result[0], dict(result[1])) if isinstance(result, (tuple, list)) else (result, {})
         output["loss"] = loss
         return loss, output
 
@@ -390,148 +327,8 @@ class RunnerGlscl(RunnerBase):
             return self.task.after_evaluation(val_result=results, split_name=split_name, epoch=cur_epoch)
         return None
 
-    def _log_step(self, epoch: int, step: int, iters: int, output, timer: "StepTimer", modality: str) -> None:
-        """Log the step's losses averaged over ranks, the LR of each ``lr_scale`` group, timing and peak memory, to
-        the console (as LAVIS's MetricLogger lays it out) and as a ``train_step`` record in log.txt."""
-        keys = sorted(k for k, v in output.items() if (k.startswith("loss") or k == "grad_norm") and torch.is_tensor(v))
-        values = torch.stack([output[k].detach().float() for k in keys]).to(torch.float64)
-        values = (distributed.all_reduce_sum(values) / distributed.world()[1]).tolist()
-        losses = dict(zip(keys, values))
-        rates = self.group_learning_rates()
-        memory = peak_memory_mb(self.device)
-        logging.info("Train: epoch [%d] [%d/%d] %s  eta: %s  %s  lr: %s  time: %.4f  data: %.4f  max mem: %.0f",
-                     epoch, step, iters, modality, datetime.timedelta(seconds=int(timer.eta_seconds(step))),
-                     "  ".join(f"{k}: {v:.4f}" for k, v in losses.items()),
-                     " ".join(f"{lr:.2e}(x{scale:g})" for scale, lr in rates.items()),
-                     timer.seconds_per_step, timer.data_seconds_per_step, memory)
-        record = {"epoch": epoch, "iter": step, "modality": modality, "lr": self.base_learning_rate(),
-                  **{f"lr_scale_{scale:g}": lr for scale, lr in rates.items()}, **losses,
-                  "seconds_per_step": timer.seconds_per_step, "data_seconds": timer.data_seconds_per_step,
-                  "max_mem_mb": memory}
-        self.log_stats(record, "train_step")
-
-    def group_learning_rates(self) -> Dict[float, float]:
-        """``{lr_scale: lr}`` of the optimizer's groups, as set for this step."""
-        return {float(group.get("lr_scale", 1.0)): group["lr"] for group in self.optimizer.param_groups}
-
-    def base_learning_rate(self) -> float:
-        group = self.optimizer.param_groups[0]
-        return group["lr"] / group.get("lr_scale", 1.0)
-
     def _finite_on_all_ranks(self, loss: torch.Tensor) -> bool:
         flag = torch.tensor([float(torch.isfinite(loss.detach()).all())], device=self.device)
         if distributed.is_dist_avail_and_initialized():
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
         return bool(flag.item())
-
-    def _epoch_stats(self, sums: Dict[str, float], counts: Dict[str, int]) -> Dict[str, float]:
-        keys = sorted(sums)
-        totals = torch.tensor([sums[k] for k in keys] + [float(counts[k]) for k in counts], dtype=torch.float64,
-                              device=self.device)
-        totals = distributed.all_reduce_sum(totals).tolist()
-        world_size = distributed.world()[1]
-        total_counts = dict(zip(counts, totals[len(keys):]))
-        stats = {}
-        for key, value in zip(keys, totals[:len(keys)]):
-            modality = key.split("_")[0] if not key.startswith("loss") else None
-            steps = total_counts[f"{modality}_steps"] if modality else total_counts["steps"]
-            # per-modality means only when the epoch mixed modalities
-            if modality is None or 0 < steps < total_counts["steps"]:
-                stats[key] = value / max(1.0, steps)
-        stats["lr"] = self.base_learning_rate()
-        stats["skipped_samples"] = int(total_counts["skipped_samples"])
-        stats["nonfinite_steps"] = int(total_counts["nonfinite_steps"] / world_size)
-        logging.info("Averaged stats: %s", "  ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}"
-                                                   for k, v in stats.items()))
-        dropped = sum(len(items) for d in self.datasets.get("train", []) for items in getattr(d, "dropped", {}).values())
-        if stats["skipped_samples"] or stats["nonfinite_steps"] or dropped:
-            logging.warning("epoch summary: %d unreadable samples replaced, %d non-finite steps skipped, %d annotations "
-                            "dropped when the datasets were built", stats["skipped_samples"], stats["nonfinite_steps"],
-                            dropped)
-        return stats
-
-    # ------------------------------------------------------------------ checkpoints
-    def _save_checkpoint(self, cur_epoch, is_best=False, iteration: Optional[int] = None):
-        """Full training state; ``iteration`` = next step of ``cur_epoch`` for a mid-epoch save, None at epoch end."""
-        rng_states = distributed.gather_objects(rng_state())
-        if not is_main_process():
-            return
-        model = self.unwrap_dist_model(self.model)
-        state_dict = model.state_dict()
-        bad = [name for name, value in state_dict.items() if value.is_floating_point() and not torch.isfinite(value).all()]
-        if bad:
-            logging.error("not saving a checkpoint at epoch %s: non-finite values in %s", cur_epoch, bad[:5])
-            return
-        save_obj = {
-            "model": state_dict,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "config": self.config.to_dict(),
-            "epoch": cur_epoch,
-            "iteration": iteration,
-            "rng": rng_states,
-            "best": dict(self.best),
-            "data_layout": self.train_loader.layout,  # what sharded data needs to resume mid-epoch
-            "plateau_history": list(self.plateau.history) if self.plateau else None,
-        }
-        name = "best" if is_best else ("latest" if iteration is not None else cur_epoch)
-        path = self.output_dir / f"checkpoint_{name}.pth"
-        logging.info("Saving checkpoint at epoch %s%s to %s.", cur_epoch,
-                     "" if iteration is None else f" iteration {iteration}", path)
-        temporary = path.with_suffix(".pth.tmp")
-        torch.save(save_obj, temporary)
-        os.replace(temporary, path)
-        if not is_best and iteration is None:
-            self._prune_epoch_checkpoints(cur_epoch)
-
-    def _check_same_architecture(self, path: str, checkpoint: dict) -> None:
-        """Refuse, naming both, to resume a run of one model from a checkpoint of another (its config says which)."""
-        if not isinstance(checkpoint, dict) or "model" not in checkpoint or "optimizer" not in checkpoint:
-            raise ConfigError(f"run.resume_ckpt_path {path} is not a training checkpoint (model, optimizer, epoch); to "
-                              "start from its weights, set model.pretrained instead")
-        saved = (checkpoint.get("config") or {}).get("model") or {}
-        current = self.config.model_cfg
-        ours = (current.get("arch"), current.get("model_type"))
-        theirs = (saved.get("arch"), saved.get("model_type"))
-        if saved and ours != theirs:
-            raise ConfigError(f"run.resume_ckpt_path {path} is a checkpoint of {theirs[0]} ({theirs[1]}), this run "
-                              f"builds {ours[0]} ({ours[1]}): resume with the same model.arch and model.model_type, "
-                              "or start from its weights with model.pretrained")
-
-    def _prune_epoch_checkpoints(self, cur_epoch: int) -> None:
-        keep = self.options.keep_last_checkpoints
-        if not keep:
-            return
-        for epoch in range(cur_epoch - int(keep), -1, -1):
-            old = self.output_dir / f"checkpoint_{epoch}.pth"
-            if not old.exists():
-                break
-            old.unlink()
-
-    def _load_checkpoint(self, url_or_filename):
-        """Restore the full training state; returns ``(start_epoch, start_iter)``."""
-        if not os.path.isfile(url_or_filename):
-            raise ConfigError(f"run.resume_ckpt_path {url_or_filename} does not exist")
-        checkpoint = read_checkpoint(url_or_filename)
-        self._check_same_architecture(url_or_filename, checkpoint)
-        self.unwrap_dist_model(self.model).load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        if self.scaler is not None and checkpoint.get("scaler"):
-            self.scaler.load_state_dict(checkpoint["scaler"])
-        self.best.update(checkpoint.get("best", {}))
-        if self.plateau is not None:
-            self.plateau.history = list(checkpoint.get("plateau_history") or [])
-        rank, world_size = distributed.world()
-        states = checkpoint.get("rng") or []
-        if len(states) == world_size:
-            set_rng_state(states[rank])
-        elif states:
-            logging.warning("checkpoint holds RNG states of %d ranks, running on %d: RNG not restored", len(states),
-                            world_size)
-        iteration = checkpoint.get("iteration")
-        if iteration is not None:
-            self.train_loader.check_resumable(checkpoint.get("data_layout"))
-        epoch = int(checkpoint["epoch"])
-        logging.info("Resumed from %s (epoch %d, %s)", url_or_filename, epoch,
-                     "end of epoch" if iteration is None else f"iteration {iteration}")
-        return (epoch + 1, 0) if iteration is None else (epoch, int(iteration))

@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 from webdataset import TarWriter
 
-from lavis_glscl.datasets.shards import INDEX_FORMAT, MEDIA_EXTENSIONS, OpenShard, shard_paths
+from lavis_glscl.datasets.shard_files import INDEX_FORMAT, MEDIA_EXTENSIONS, OpenShard, shard_paths
 
 MEDIA_KEYS = {"images": "image", "videos": "video"}
 SHARD_NAME = "shard-{:06d}.tar"
@@ -150,10 +150,10 @@ def index_existing(pattern: str, out: Path) -> List[dict]:
 def builder_train_split(name: str, dataset_type: str) -> Tuple[List[str], str, str]:
     """``(annotation files, media root, media kind)`` of a registered builder's train split, from its default config
     (relative paths under ``cache_root``); lavis_glscl's own builders check or generate their files first."""
-    import lavis_glscl  # noqa: F401  (registers the builders, fixes cache_root)
     from lavis.common.registry import registry
     from lavis.datasets.builders.base_dataset_builder import load_dataset_config
 
+    import lavis_glscl  # noqa: F401  (registers the builders, fixes cache_root)
     from lavis_glscl.datasets.builders import LocalFilesBuilder, absolute_storage, storage_list
 
     builder_cls = registry.get_builder_class(name)

@@ -10,7 +10,7 @@ Shapes: images ``[B, F, 3, H, W]`` (``[B, 3, H, W]`` is read as ``F = 1``); imag
 ``[B, F + F * K, D]`` (frame CLS tokens first); text tokens ``[B, L, D]``.
 """
 import logging
-from typing import Dict, Iterator, List, Mapping
+from typing import Dict, Iterator, List, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,16 +18,22 @@ from lavis.models.blip_models.blip_outputs import BlipOutputFeatures
 from torch import nn
 
 from lavis_glscl.models.base import ConfiguredModel
-from lavis_glscl.models.checkpointing import run_segment
-from lavis_glscl.models.checkpoints import MAE_DECODER_PREFIXES, initialise_vision
-from lavis_glscl.models.co_attention import CoAttentionLayer, co_attention_config, extended_attention_mask
 from lavis_glscl.models.glscl.config import GlsclConfig
-from lavis_glscl.models.glscl.outputs import FusionOutput
-from lavis_glscl.models.heads import ITMHead, MLMHead, Pooler, projection_head
-from lavis_glscl.models.scoring import (RetrievalOptions, ScorePair, encode_gallery_texts, encode_gallery_visuals,
-                                        main_scores, score_matrices)
-from lavis_glscl.models.text_encoder import TextBatch, build_text_encoder, text_hidden_states, tokenize
-from lavis_glscl.models.vision_transformer import VisionTransformer, visual_input
+from lavis_glscl.models.glscl.outputs import CrossAttentionMaps, FusionOutput
+from lavis_glscl.models.layers.activation_checkpointing import run_segment
+from lavis_glscl.models.layers.co_attention import CoAttentionLayer, co_attention_config, extended_attention_mask
+from lavis_glscl.models.layers.heads import ITMHead, MLMHead, Pooler, projection_head
+from lavis_glscl.models.layers.text_encoder import TextBatch, build_text_encoder, text_hidden_states, tokenize
+from lavis_glscl.models.layers.vision_transformer import VisionTransformer, as_frames, visual_input
+from lavis_glscl.models.scoring import (
+    RetrievalOptions,
+    ScorePair,
+    encode_gallery_texts,
+    encode_gallery_visuals,
+    main_scores,
+    score_matrices,
+)
+from lavis_glscl.models.weights import MAE_DECODER_PREFIXES, initialise_vision
 
 
 def init_bert_weights(module: nn.Module) -> None:
@@ -85,8 +91,9 @@ class GlsclBase(ConfiguredModel):
         self.cross_modal_text_transform = nn.Linear(self.text_transformer.config.hidden_size, hidden)
         self.cross_modal_image_transform = nn.Linear(self.vision_transformer.width, hidden)
         self.token_type_embeddings = nn.Embedding(self.NUM_TOKEN_TYPES, hidden)
-        self.cross_modal_text_layers = nn.ModuleList([CoAttentionLayer(fusion_config) for _ in range(fusion.num_layers)])
-        self.cross_modal_image_layers = nn.ModuleList([CoAttentionLayer(fusion_config) for _ in range(fusion.num_layers)])
+        layers = range(fusion.num_layers)
+        self.cross_modal_text_layers = nn.ModuleList([CoAttentionLayer(fusion_config) for _ in layers])
+        self.cross_modal_image_layers = nn.ModuleList([CoAttentionLayer(fusion_config) for _ in layers])
         self.cross_modal_text_pooler = Pooler(hidden)
         self.cross_modal_image_pooler = Pooler(hidden)
         self.itm_score = ITMHead(2 * hidden)
@@ -186,11 +193,10 @@ class GlsclBase(ConfiguredModel):
         return self.config.active_objectives
 
     def skips_parameters_on_some_batches(self) -> bool:
-        """Whether some batches leave trainable parameters without a gradient: an active MGSC or MLTC that runs on
-        images only (``mgsc_on_video`` / ``mltc_on_video`` false) does on video batches, so under DDP the runner has
-        each step's unused parameters found (``find_unused_parameters``)."""
-        active, config = self.active_objectives(), self.config
-        return ("mgsc" in active and not config.mgsc_on_video) or ("mltc" in active and not config.mltc_on_video)
+        """An active MGSC or MLTC that runs on images only (``video_completion``) leaves parameters without a gradient
+        on video batches."""
+        active, on_video = self.active_objectives(), self.config.video_completion
+        return ("mgsc" in active and not on_video.mgsc) or ("mltc" in active and not on_video.mltc)
 
     def reached_parameters(self) -> Iterator[nn.Parameter]:
         """Every parameter some active objective trains: both encoders and bridges (without the MLTC mask token and
@@ -252,6 +258,24 @@ class GlsclBase(ConfiguredModel):
             return BlipOutputFeatures(image_embeds=image_embeds, text_embeds=text_embeds,
                                       multimodal_embeds=fusion.text_feats)
         return BlipOutputFeatures(**features)
+
+    @torch.no_grad()
+    def cross_attention_maps(self, images: torch.Tensor, captions: Sequence[str]) -> CrossAttentionMaps:
+        """Where each caption token looks in its image ``[B, 3, H, W]`` (ALIGN-BENCH's probe): the last text-side
+        fusion layer's cross-attention probabilities (not its self-attention, which the released ALIGN-BENCH scripts
+        read by mistake), image CLS column dropped, max over heads.  Call it in eval mode: attention dropout acts on
+        these probabilities."""
+        images = as_frames(images.to(self.device))
+        if images.shape[1] != 1:
+            raise ValueError(f"cross-attention maps are defined for images, got {images.shape[1]}-frame videos")
+        # the model's own tokenization, plus each token's character span
+        encoded = self.tokenizer(list(captions), padding="longest", truncation=True, max_length=self.max_text_length,
+                                 return_offsets_mapping=True, return_tensors="pt").to(self.device)
+        text_tokens = self.encode_text(encoded.input_ids, encoded.attention_mask)
+        fusion = self.fuse(text_tokens, encoded.attention_mask, self.encode_image(images), num_frames=1,
+                           output_attentions=True)
+        patches = fusion.text_to_image_attentions[-1][..., 1:]  # [B, heads, L, K]
+        return CrossAttentionMaps(patches.amax(dim=1), encoded.offset_mapping, self.vision_transformer.grid_size)
 
     @torch.no_grad()
     def retrieval_scores(self, data_loader, task_cfg) -> Dict[str, ScorePair]:

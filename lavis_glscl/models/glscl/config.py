@@ -1,37 +1,65 @@
-"""Typed options of the GLSCL family, read from the ``model`` block of a yaml.
+"""Typed options of the GLSCL family, read from the ``model`` block of a yaml, and the sizes each GLSCL model comes in.
 
-The yaml keeps the released recipe's flat names (``mgsc_image_mask_ratio``, ``loss_weights``, ...) and one block per
-tower (``vision``, ``text``, ``fusion``); :meth:`GlsclConfig.from_options` turns them into dataclasses and refuses
-unknown keys with the known ones listed, so a typo fails when the model is built.
+The yaml keeps the released recipe's flat names (``mgsc_image_mask_ratio``, ...), one block per tower (``vision``,
+``text``, ``fusion``), ``loss_weights`` and the research switches' own blocks (``group_contrast``,
+``video_completion``); :meth:`GlsclConfig.from_options` turns them into dataclasses and refuses unknown keys and values
+of the wrong type, so a typo fails when the config is read.  A model type's yaml states only what differs from these
+defaults.
 """
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Dict, List, Literal, Mapping, Optional
 
+from lavis_glscl.models.glscl.group_contrast import GroupContrast
+from lavis_glscl.paths import config_path
 from lavis_glscl.typed_options import build_dataclass
 
-OBJECTIVES = ("itc", "itm", "mlm", "mgsc", "mltc", "rank")
+# The sizes every GLSCL model comes in (each model adds the types of its own recipes)
+SIZE_CONFIGS = {
+    "base": config_path("models/glscl/pretrain_base.yaml"),
+    "demo": config_path("models/glscl/pretrain_demo.yaml"),
+    "tiny": config_path("models/glscl/pretrain_tiny.yaml"),
+}
 # random: half the rows get a random batch image (released); hard: ALBEF's ITC-sampled image and caption per row;
 # partner: in batches of groups (train_batch_group_size), the next row of the group's image and caption (a clip's
 # time reversal and its opposite caption in the shapes video set), random where the batch has no groups
 ITM_NEGATIVES = ("random", "hard", "partner")
 
 
-def objective_of(loss_name: str) -> str:
-    """The objective a logged loss belongs to, whose weight it takes (``mgsc_image`` → ``mgsc``)."""
-    return loss_name.split("_")[0]
+@dataclass
+class LossWeights:
+    """Each objective's weight in the total loss; 0 (the default of an objective the yaml does not weight) turns the
+    objective and its passes off and freezes what only it trains.  The released pre-training weights are ITC 0.5,
+    ITM 1, MLM 1, MGSC 1, MLTC 0.2; ``rank`` is ``glscl_retrieval``'s fine-tuning objective."""
+
+    itc: float = 0.0
+    itm: float = 0.0
+    mlm: float = 0.0
+    mgsc: float = 0.0
+    mltc: float = 0.0
+    rank: float = 0.0
+
+    def __post_init__(self):
+        negative = [f.name for f in fields(self) if getattr(self, f.name) < 0]
+        if negative:
+            raise ValueError(f"loss_weights {negative} must be >= 0")
+
+    @property
+    def active(self) -> List[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name)]
 
 
-def loss_weights_for(known: Sequence[str], given: Optional[Mapping[str, float]]) -> Dict[str, float]:
-    """Every objective in ``known`` with its weight from ``given`` (0 when absent); unknown names are refused."""
-    unknown = set(given or {}) - set(known)
-    if unknown:
-        raise ValueError(f"unknown loss_weights {sorted(unknown)}; known objectives: {list(known)}")
-    return {name: float((given or {}).get(name, 0.0)) for name in known}
+@dataclass
+class VideoCompletion:
+    """Which completion objectives run on video batches as well as on images (the released code: MGSC per frame with
+    tube-dropped patches, MLTC with tube-masked patches); false keeps that objective to image batches."""
+
+    mgsc: bool = True
+    mltc: bool = True
 
 
 @dataclass
 class VisionConfig:
-    """The CLIP-style ViT (:class:`~lavis_glscl.models.vision_transformer.VisionTransformer` arguments)."""
+    """The CLIP-style ViT (:class:`~lavis_glscl.models.layers.vision_transformer.VisionTransformer` arguments)."""
 
     image_size: int = 224
     patch_size: int = 16
@@ -42,7 +70,7 @@ class VisionConfig:
     mlp_ratio: float = 4.0
     activation: str = "quick_gelu"
     # "zero" (with freeze: [vision_transformer.temporal_embed]) keeps an image tower free of any per-frame term
-    temporal_init: str = "random"
+    temporal_init: Literal["random", "zero"] = "random"
 
 
 @dataclass
@@ -95,18 +123,9 @@ class GlsclConfig:
     vision_init: Optional[VisionInit] = None
     embed_dim: int = 512
     itc_temperature: float = 0.07
-    # ITC inside each batch group too (a clip against its time reversal), this times the ITC weight; 0: released ITC.
-    # Its temperature: fixed, or ITC's learnable one when None
-    itc_group_weight: float = 0.0
-    itc_group_temperature: Optional[float] = None
-    # True: the group term trains the visual side only, toward the captions' current features.  While a clip and its
-    # reversal still embed alike, a trained text side lowers the group loss fastest by making the opposite captions
-    # alike (MiniLM's CLS: cosine 0.94 to 0.999 in 100 steps), after which nothing teaches order.
-    itc_group_detach_text: bool = False
-    # With the group term on: the cosine above which a group's caption ITC features pay a hinge on ITC's logit scale
-    # (objectives.group_text_separation_loss, weighted as the group term); None: no such term
-    itc_group_text_margin: Optional[float] = None
-    loss_weights: Dict[str, float] = field(default_factory=dict)
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    group_contrast: GroupContrast = field(default_factory=GroupContrast)
+    video_completion: VideoCompletion = field(default_factory=VideoCompletion)
     itm_negatives: str = "random"
     mlm_probability: float = 0.15
     mgsc_image_mask_ratio: float = 0.8
@@ -116,10 +135,6 @@ class GlsclConfig:
     mltc_image_mask_ratio: float = 0.3
     mltc_temperature: float = 0.03
     mltc_image_gather: bool = False
-    mltc_on_video: bool = True
-    # False: MGSC on images only.  On the shapes video pairs MGSC's per-frame completion from 3 of 16 patches holds
-    # the direction-only pairs at chance while ITC + ITM + MLM learn them (README "Video that knows time")
-    mgsc_on_video: bool = True
     share_unimodal_passes: bool = True
     # One more forward pass of every layer for the memory of its activations (GlsclBase.set_grad_checkpointing)
     grad_checkpointing: bool = False
@@ -130,15 +145,8 @@ class GlsclConfig:
     answer_list: Optional[str] = None
 
     def __post_init__(self):
-        self.loss_weights = loss_weights_for(OBJECTIVES, self.loss_weights)
         if self.itm_negatives not in ITM_NEGATIVES:
             raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {self.itm_negatives!r}")
-        if self.itc_group_weight < 0:
-            raise ValueError(f"itc_group_weight must be >= 0, got {self.itc_group_weight}")
-        if self.itc_group_temperature is not None and self.itc_group_temperature <= 0:
-            raise ValueError(f"itc_group_temperature must be > 0, got {self.itc_group_temperature}")
-        if self.itc_group_text_margin is not None and not -1.0 <= self.itc_group_text_margin < 1.0:
-            raise ValueError(f"itc_group_text_margin must be a cosine in [-1, 1), got {self.itc_group_text_margin}")
 
     @classmethod
     def from_options(cls, options: Mapping) -> "GlsclConfig":
@@ -148,4 +156,4 @@ class GlsclConfig:
 
     @property
     def active_objectives(self) -> List[str]:
-        return [name for name, weight in self.loss_weights.items() if weight]
+        return self.loss_weights.active

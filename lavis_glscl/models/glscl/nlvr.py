@@ -18,10 +18,9 @@ from lavis.common.registry import registry
 from torch import nn
 
 from lavis_glscl.models.glscl.base import GlsclBase, init_bert_weights
-from lavis_glscl.models.glscl.config import GlsclConfig
+from lavis_glscl.models.glscl.config import SIZE_CONFIGS, GlsclConfig, LossWeights
 from lavis_glscl.models.glscl.outputs import GlsclOutput
-from lavis_glscl.models.glscl.pretrain import GlsclPretrain
-from lavis_glscl.models.vision_transformer import as_frames
+from lavis_glscl.models.layers.vision_transformer import as_frames
 
 TEXT_TYPE, LEFT_IMAGE_TYPE, RIGHT_IMAGE_TYPE = 0, 1, 2
 NUM_CLASSES = 2  # LAVIS's NLVR labels: "False" 0, "True" 1
@@ -46,13 +45,13 @@ class GlsclNlvr(GlsclBase):
     heads take no part."""
 
     # The architecture of each type is the pre-training one; the classifier is the same for every type.
-    PRETRAINED_MODEL_CONFIG_DICT = GlsclPretrain.SIZE_CONFIGS
+    PRETRAINED_MODEL_CONFIG_DICT = SIZE_CONFIGS
     RELEASED_MISSING_OK = ("nlvr_classifier",)
     NUM_TOKEN_TYPES = 3
 
     def __init__(self, config: GlsclConfig):
         # the type yaml's pre-training objectives do not apply
-        super().__init__(dataclasses.replace(config, loss_weights={}))
+        super().__init__(dataclasses.replace(config, loss_weights=LossWeights()))
         self.nlvr_classifier = pair_classifier(config.fusion.hidden_size)
         self.nlvr_classifier.apply(init_bert_weights)
         self.init_right_image_type()

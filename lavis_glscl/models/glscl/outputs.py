@@ -8,6 +8,21 @@ import torch
 from transformers.modeling_outputs import ModelOutput
 
 
+class WeightedLoss(NamedTuple):
+    """An objective's unweighted loss and its weight in the total (taken from a typed option, never from a name)."""
+
+    loss: torch.Tensor
+    weight: float
+
+
+class CrossAttentionMaps(NamedTuple):
+    """Where each caption token looks in its image (what ALIGN-BENCH scores)."""
+
+    attention: torch.Tensor  # [B, L, K]: last fusion layer, text token -> image patch, max over heads
+    offsets: torch.Tensor  # [B, L, 2]: each token's character span in its caption; (0, 0) for special tokens, padding
+    grid_size: int  # the K patches form a grid_size x grid_size grid, row-major
+
+
 class FusionOutput(NamedTuple):
     text_feats: torch.Tensor  # [B, L, D]
     image_feats: torch.Tensor  # [B, F + F * K, D]

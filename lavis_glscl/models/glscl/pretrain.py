@@ -1,11 +1,11 @@
 """``glscl_pretrain``: GLSCL pre-training, ITC + ITM + MLM + MGSC + MLTC, one :class:`PretrainingStep` per batch.
 
-The step composes the pure objectives of :mod:`lavis_glscl.models.objectives` over these passes:
+The step composes the pure objectives of :mod:`lavis_glscl.models.pretraining.objectives` over these passes:
 
 - the full image and the full text through the encoders (ITC, and ITC inside each batch group with
-  ``itc_group_weight``; and fused for ITM, with negatives from the global
-  batch, or each row's group partner when the batch comes in groups and ``itm_negatives: partner``), the
-  MLM-masked text fused with the full image (MLM);
+  ``group_contrast``, :mod:`.group_contrast`; and fused for ITM, with negatives from the global batch, or each row's
+  group partner when the batch comes in groups and ``itm_negatives: partner``), the MLM-masked text fused with the
+  full image (MLM);
 - MGSC's P1 (80 %-dropped image, full text) and P2 (full image, 40 %-masked text): each modality's prediction comes
   from the pass where it is masked, its detached target from the pass where it is not;
 - MLTC's P3 (30 % of patches replaced by the mask token, full text), whose fused masked patches must find P2's, and
@@ -13,7 +13,7 @@ The step composes the pure objectives of :mod:`lavis_glscl.models.objectives` ov
 
 Every unimodal pass is computed once per distinct input and shared by the objectives that use it
 (``share_unimodal_passes``); ``False`` recomputes it per use, as the released code does.  Every random number comes
-from :class:`~lavis_glscl.models.randomness.StepRandomness`.
+from :class:`~lavis_glscl.models.pretraining.randomness.StepRandomness`.
 """
 from functools import cached_property
 from typing import Callable, Dict, Optional
@@ -23,15 +23,20 @@ import torch.nn.functional as F
 from lavis.common.registry import registry
 
 from lavis_glscl.distributed import all_gather_no_grad, all_gather_with_grad, all_reduce_sum, world
-from lavis_glscl.models import objectives
 from lavis_glscl.models.glscl.base import GlsclBase
-from lavis_glscl.models.glscl.config import objective_of
-from lavis_glscl.models.glscl.outputs import GlsclIntermediateOutput, GlsclOutput
-from lavis_glscl.models.masking import keep_patch_indices, mgsc_text_mask, mlm_mask, patch_token_mask
-from lavis_glscl.models.negatives import (forbidden_negatives, group_partners, hard_negatives, negative_rows,
-                                         random_partners)
-from lavis_glscl.models.randomness import StepRandomness
-from lavis_glscl.models.vision_transformer import visual_input
+from lavis_glscl.models.glscl.config import SIZE_CONFIGS
+from lavis_glscl.models.glscl.outputs import GlsclIntermediateOutput, GlsclOutput, WeightedLoss
+from lavis_glscl.models.layers.vision_transformer import visual_input
+from lavis_glscl.models.pretraining import objectives
+from lavis_glscl.models.pretraining.masking import keep_patch_indices, mgsc_text_mask, mlm_mask, patch_token_mask
+from lavis_glscl.models.pretraining.negatives import (
+    forbidden_negatives,
+    group_partners,
+    hard_negatives,
+    negative_rows,
+    random_partners,
+)
+from lavis_glscl.models.pretraining.randomness import StepRandomness
 from lavis_glscl.paths import config_path
 
 
@@ -138,23 +143,22 @@ class PretrainingStep:
         return self.model.encode_image(torch.where(negative[:, None, None, None, None], partner_images, self.images))
 
     # ------------------------------------------------------------------ objectives
-    def losses(self) -> Dict[str, torch.Tensor]:
-        weights = self.config.loss_weights
-        losses: Dict[str, torch.Tensor] = {}
-        if weights["itc"] or (weights["itm"] and self.config.itm_negatives == "hard"):
+    def losses(self) -> Dict[str, WeightedLoss]:
+        """Every active objective's unweighted loss with its weight, by the name it is logged under."""
+        weights, group_contrast = self.config.loss_weights, self.config.group_contrast
+        losses: Dict[str, WeightedLoss] = {}
+        if weights.itc or (weights.itm and self.config.itm_negatives == "hard"):
             self.intermediate.image_feat = self.model.image_embedding(self.image_full(), self.frames)
             self.intermediate.text_feat = self.model.text_embedding(self.text_full())
-            if weights["itc"]:
-                losses["itc"] = self.itc()
-                if self.config.itc_group_weight and self.group_size > 1:
-                    losses["itc_group"] = self.itc_group()
-                    if self.config.itc_group_text_margin is not None:
-                        losses["itc_group_text"] = self.itc_group_text()
-        if weights["itm"]:
-            losses["itm"] = self.itm()
-        if weights["mlm"]:
-            losses["mlm"] = self.mlm()
-        if self.mgsc_applies() or weights["mltc"]:
+            if weights.itc:
+                losses["itc"] = WeightedLoss(self.itc(), weights.itc)
+                losses.update(group_contrast.losses(self.intermediate.image_feat, self.intermediate.text_feat,
+                                                    self.group_size, self.model.cl_temp, weights.itc))
+        if weights.itm:
+            losses["itm"] = WeightedLoss(self.itm(), weights.itm)
+        if weights.mlm:
+            losses["mlm"] = WeightedLoss(self.mlm(), weights.mlm)
+        if self.mgsc_applies() or weights.mltc:
             losses.update(self.completion())
         self.intermediate.image_embeds = self.passes.computed("image_full")
         self.intermediate.text_embeds = self.passes.computed("text_full")
@@ -164,26 +168,6 @@ class PretrainingStep:
         """ITC over the global batch: GLSCL's norm-softmax loss at the learnable temperature."""
         return objectives.itc_loss(self.intermediate.image_feat, self.intermediate.text_feat, self.model.cl_temp,
                                    all_gather_with_grad)
-
-    def itc_group(self) -> torch.Tensor:
-        """ITC inside each of this rank's batch groups (``itc_group_weight``): in the shapes video set a clip against
-        its time reversal and a caption against its opposite direction, which the batch-wide ITC hardly weighs
-        while the batch's other clips still differ in what they show."""
-        text_feat = self.intermediate.text_feat
-        text_feat = text_feat.detach() if self.config.itc_group_detach_text else text_feat
-        return objectives.group_contrastive_loss(self.intermediate.image_feat, text_feat, self.group_size,
-                                                 self.group_temperature())
-
-    def itc_group_text(self) -> torch.Tensor:
-        """The hinge keeping each batch group's captions below ``itc_group_text_margin`` in cosine, on the group
-        term's logit scale (its temperature as a constant: the hinge does not tune the temperature)."""
-        return objectives.group_text_separation_loss(self.intermediate.text_feat, self.group_size,
-                                                     self.config.itc_group_text_margin,
-                                                     torch.as_tensor(self.group_temperature()).detach())
-
-    def group_temperature(self):
-        """The group terms' temperature: ``itc_group_temperature`` when fixed, else ITC's learnable one."""
-        return self.config.itc_group_temperature or self.model.cl_temp
 
     def itm(self) -> torch.Tensor:
         """ITM with negatives from the global batch: random (half the rows, as the released code), hard, or the group
@@ -257,10 +241,10 @@ class PretrainingStep:
         return objectives.mlm_loss(model.mlm_score(fusion.text_feats[selected]), labels[selected], normalizer)
 
     def mgsc_applies(self) -> bool:
-        """Whether this batch trains MGSC: its weight is on, and the batch is of images or ``mgsc_on_video``."""
-        return bool(self.config.loss_weights["mgsc"]) and (self.frames == 1 or self.config.mgsc_on_video)
+        """Whether this batch trains MGSC: its weight is on, and the batch is of images or ``video_completion.mgsc``."""
+        return bool(self.config.loss_weights.mgsc) and (self.frames == 1 or self.config.video_completion.mgsc)
 
-    def completion(self) -> Dict[str, torch.Tensor]:
+    def completion(self) -> Dict[str, WeightedLoss]:
         """MGSC and MLTC from the passes P1 (dropped image, full text), P2 (full image, masked text) and P3
         (mask-token image, full text); each target comes from the pass where its modality is unmasked."""
         model, config, text, frames = self.model, self.config, self.text, self.frames
@@ -274,25 +258,27 @@ class PretrainingStep:
         p2 = model.fuse(text_masked, text.attention_mask, self.image_full(), frames)
         tau_global, tau_local = config.mgsc_temperature, config.mltc_temperature
         losses = {}
+        weights = config.loss_weights
         if self.mgsc_applies():
-            losses["mgsc_image"] = torch.stack([
+            losses["mgsc_image"] = WeightedLoss(torch.stack([
                 objectives.mgsc_loss(p1.image_feats[:, f], p2.image_feats[:, f], tau_global, all_gather_with_grad)
-                for f in range(frames)]).mean()
-            losses["mgsc_text"] = objectives.mgsc_loss(p2.text_feats[:, 0], p1.text_feats[:, 0], tau_global,
-                                                       all_gather_with_grad)
-        if config.loss_weights["mltc"]:
+                for f in range(frames)]).mean(), weights.mgsc)
+            losses["mgsc_text"] = WeightedLoss(objectives.mgsc_loss(p2.text_feats[:, 0], p1.text_feats[:, 0],
+                                                                    tau_global, all_gather_with_grad), weights.mgsc)
+        if weights.mltc:
             ragged_gather = lambda rows: all_gather_with_grad(rows, pad_dim=0)  # noqa: E731
-            losses["mltc_text"] = objectives.mltc_loss(p2.text_feats, p1.text_feats, text_mask, tau_local,
-                                                       ragged_gather)
-            if frames == 1 or config.mltc_on_video:
+            losses["mltc_text"] = WeightedLoss(objectives.mltc_loss(p2.text_feats, p1.text_feats, text_mask,
+                                                                    tau_local, ragged_gather), weights.mltc)
+            if frames == 1 or config.video_completion.mltc:
                 token_mask = patch_token_mask(self.noise_for("mltc_image"), config.mltc_image_mask_ratio)
                 image_masked = self.passes.get("image_token_masked",
                                                lambda: model.encode_image(self.images, token_mask=token_mask))
                 p3 = model.fuse(self.text_full(), text.attention_mask, image_masked, frames)
                 cls_slots = torch.zeros(self.batch, frames, dtype=torch.bool, device=model.device)
                 positions = torch.cat([cls_slots, token_mask.repeat(1, frames)], dim=1)
-                losses["mltc_image"] = objectives.mltc_loss(p3.image_feats, p2.image_feats, positions, tau_local,
-                                                            ragged_gather if config.mltc_image_gather else None)
+                losses["mltc_image"] = WeightedLoss(objectives.mltc_loss(
+                    p3.image_feats, p2.image_feats, positions, tau_local,
+                    ragged_gather if config.mltc_image_gather else None), weights.mltc)
         return losses
 
 
@@ -301,12 +287,7 @@ class GlsclPretrain(GlsclBase):
     """GLSCL pre-training: ITC + ITM + MLM + MGSC + MLTC (weights in ``loss_weights``; 0 turns an objective and
     its passes off, and freezes what only it trains)."""
 
-    # The sizes every GLSCL head comes in; pre-training adds the video demo's training options.
-    SIZE_CONFIGS = {
-        "base": config_path("models/glscl/pretrain_base.yaml"),
-        "demo": config_path("models/glscl/pretrain_demo.yaml"),
-        "tiny": config_path("models/glscl/pretrain_tiny.yaml"),
-    }
+    # the sizes, and the video demo's training options
     PRETRAINED_MODEL_CONFIG_DICT = {**SIZE_CONFIGS, "demo_video": config_path("models/glscl/pretrain_demo_video.yaml")}
     OBJECTIVES = ("itc", "itm", "mlm", "mgsc", "mltc")
     STEP = PretrainingStep
@@ -343,16 +324,11 @@ class GlsclPretrain(GlsclBase):
         rank, world_size = world()
         return StepRandomness(self.config.mask_seed, epoch, iteration, batch, rank, world_size)
 
-    def loss_weight(self, loss_name: str) -> float:
-        """The weight of a loss of :meth:`PretrainingStep.losses` (``mgsc_image`` → MGSC's) in the total."""
-        weight = self.loss_weights[objective_of(loss_name)]
-        return weight * self.config.itc_group_weight if loss_name.startswith("itc_group") else weight
-
     def forward(self, samples: dict) -> GlsclOutput:
         """``samples``: ``image`` ``[B, 3, H, W]`` or ``video`` ``[B, F, 3, H, W]``, ``text_input`` (list of str),
         optionally ``image_id`` ``[B]`` (negatives never share it) and the runner's ``epoch``/``iters``."""
         step = self.STEP(self, samples)
         losses = step.losses()
-        total = sum(self.loss_weight(name) * loss for name, loss in losses.items())
+        total = sum(weighted.weight * weighted.loss for weighted in losses.values())
         return GlsclOutput(loss=total, intermediate_output=step.intermediate,
-                           **{f"loss_{name}": loss for name, loss in losses.items()})
+                           **{f"loss_{name}": weighted.loss for name, weighted in losses.items()})

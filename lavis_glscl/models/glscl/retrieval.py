@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lavis.common.registry import registry
 from torch import nn
 
-from lavis_glscl.distributed import all_gather_with_grad
+from lavis_glscl.models.glscl.outputs import WeightedLoss
 from lavis_glscl.models.glscl.pretrain import GlsclPretrain, PretrainingStep
 from lavis_glscl.paths import config_path
 
@@ -21,10 +21,10 @@ from lavis_glscl.paths import config_path
 class RetrievalStep(PretrainingStep):
     """A pre-training step plus the rank objective, which runs last."""
 
-    def losses(self) -> Dict[str, torch.Tensor]:
+    def losses(self) -> Dict[str, WeightedLoss]:
         losses = super().losses()
-        if self.config.loss_weights["rank"]:
-            losses["rank"] = self.rank()
+        if self.config.loss_weights.rank:
+            losses["rank"] = WeightedLoss(self.rank(), self.config.loss_weights.rank)
         return losses
 
     def rank(self) -> torch.Tensor:
@@ -64,7 +64,7 @@ class GlsclRetrieval(GlsclPretrain):
 
     def __init__(self, config):
         super().__init__(config)
-        if config.loss_weights["rank"]:
+        if config.loss_weights.rank:
             self.rank_output = nn.Linear(2 * config.fusion.hidden_size, 1)
             self.init_rank_output()
 

@@ -16,10 +16,9 @@ from lavis.common.registry import registry
 from torch import nn
 
 from lavis_glscl.models.glscl.base import GlsclBase, init_bert_weights
-from lavis_glscl.models.glscl.config import GlsclConfig
+from lavis_glscl.models.glscl.config import SIZE_CONFIGS, GlsclConfig, LossWeights
 from lavis_glscl.models.glscl.outputs import GlsclOutput
-from lavis_glscl.models.glscl.pretrain import GlsclPretrain
-from lavis_glscl.models.vision_transformer import visual_input
+from lavis_glscl.models.layers.vision_transformer import visual_input
 from lavis_glscl.paths import PACKAGE_PREFIX
 
 
@@ -37,14 +36,14 @@ class GlsclVqa(GlsclBase):
     """GLSCL with a VQA classifier; the fusion and poolers train under it, the pre-training heads take no part."""
 
     # The architecture of each type is the pre-training one; the answer vocabulary comes with the run's data.
-    PRETRAINED_MODEL_CONFIG_DICT = GlsclPretrain.SIZE_CONFIGS
+    PRETRAINED_MODEL_CONFIG_DICT = SIZE_CONFIGS
     RELEASED_MISSING_OK = ("rank_output", "vqa_classifier")
 
     def __init__(self, config: GlsclConfig):
         if not config.answer_list:
             raise ValueError("glscl_vqa needs model.answer_list: a json list of answers, or package:easy_vqa")
         # the type yaml's pre-training objectives do not apply
-        super().__init__(dataclasses.replace(config, loss_weights={}))
+        super().__init__(dataclasses.replace(config, loss_weights=LossWeights()))
         self.answers = load_answer_list(config.answer_list)
         self.answer_index = {answer: index for index, answer in enumerate(self.answers)}
         hidden = 2 * config.fusion.hidden_size

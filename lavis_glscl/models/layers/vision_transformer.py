@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavis_glscl.models.checkpointing import run_segment
+from lavis_glscl.models.layers.activation_checkpointing import run_segment
 
 
 class QuickGELU(nn.Module):

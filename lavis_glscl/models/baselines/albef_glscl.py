@@ -14,6 +14,7 @@ completion objectives read the fused text stream:
 With ``loss_weights`` of 0 the model is ALBEF pre-training exactly as LAVIS runs it (``AlbefPretrain.forward``),
 at whatever width and depth its config gives, which makes it the baseline of a side-by-side comparison.
 """
+from dataclasses import dataclass
 from typing import Dict, Iterator, Optional
 
 import torch
@@ -21,16 +22,24 @@ from lavis.common.registry import registry
 from lavis.models.vit import VisionTransformerEncoder
 from torch import nn
 
-from lavis_glscl.models import objectives
-from lavis_glscl.models.glscl.config import loss_weights_for, objective_of
-from lavis_glscl.models.lavis_baselines import AlbefPretrainOffline
-from lavis_glscl.models.masking import keep_patch_indices, mgsc_text_mask
+from lavis_glscl.models.baselines.lavis_offline import AlbefPretrainOffline
+from lavis_glscl.models.glscl.outputs import WeightedLoss
+from lavis_glscl.models.pretraining import objectives
+from lavis_glscl.models.pretraining.masking import keep_patch_indices, mgsc_text_mask
 from lavis_glscl.paths import config_path
+from lavis_glscl.typed_options import build_dataclass
 
-COMPLETION_OBJECTIVES = ("mgsc", "mltc")
+
+@dataclass
+class CompletionWeights:
+    """The weights of GLSCL's completion objectives on ALBEF (ALBEF's own ITC, ITM and MLM always run)."""
+
+    mgsc: float = 0.0
+    mltc: float = 0.0
 
 
-def encode_kept_patches(vit: VisionTransformerEncoder, images: torch.Tensor, keep_indices: torch.Tensor) -> torch.Tensor:
+def encode_kept_patches(vit: VisionTransformerEncoder, images: torch.Tensor,
+                        keep_indices: torch.Tensor) -> torch.Tensor:
     """MAE-style patch dropping through LAVIS's ViT: ``images`` ``[B, 3, H, W]`` and ``keep_indices`` ``[B, K]`` →
     ``[B, 1 + K, D]``; position embeddings are added before dropping, as GLSCL's P1 pass does."""
     patches = vit.patch_embed(images) + vit.pos_embed[:, 1:]
@@ -55,7 +64,7 @@ class AlbefGlsclPretrain(AlbefPretrainOffline):
                  mgsc_text_mask_ratio: float = 0.4, completion_temperature: float = 0.03, **albef_options):
         """``albef_options``: those of ``albef_pretrain_offline`` (``vision``, ``med_config``, ``queue_size``, ...)."""
         super().__init__(**albef_options)
-        self.loss_weights = loss_weights_for(COMPLETION_OBJECTIVES, loss_weights)  # ALBEF's own always run
+        self.loss_weights = build_dataclass(CompletionWeights, loss_weights, "model.loss_weights")
         self.mgsc_image_mask_ratio = mgsc_image_mask_ratio
         self.mgsc_text_mask_ratio = mgsc_text_mask_ratio
         self.completion_temperature = completion_temperature
@@ -65,24 +74,23 @@ class AlbefGlsclPretrain(AlbefPretrainOffline):
         """ALBEF's own objectives always run; ``image_completion_head`` serves MGSC only."""
         head = {id(param) for param in self.image_completion_head.parameters()}
         for param in self.parameters():
-            if self.loss_weights["mgsc"] or id(param) not in head:
+            if self.loss_weights.mgsc or id(param) not in head:
                 yield param
 
     def forward(self, samples: dict) -> Dict[str, torch.Tensor]:
         albef = super().forward(samples)
         losses = {"loss_itc": albef.loss_itc, "loss_itm": albef.loss_itm, "loss_mlm": albef.loss_mlm}
-        if any(self.loss_weights.values()):
+        completion = {}
+        if self.loss_weights.mgsc or self.loss_weights.mltc:
             completion = self.completion_losses(samples["image"], samples["text_input"],
                                                 albef.intermediate_output.image_embeds,
                                                 albef.intermediate_output.text_embeds)
-            losses.update({f"loss_{name}": loss for name, loss in completion.items()})
-            extra = sum(self.loss_weights[objective_of(name)] * loss for name, loss in completion.items())
-        else:
-            extra = 0.0
+            losses.update({f"loss_{name}": weighted.loss for name, weighted in completion.items()})
+        extra = sum(weighted.weight * weighted.loss for weighted in completion.values())
         return {"loss": albef.loss + extra, **losses}
 
     def completion_losses(self, images: torch.Tensor, captions, image_tokens: torch.Tensor,
-                          text_tokens: torch.Tensor) -> Dict[str, torch.Tensor]:
+                          text_tokens: torch.Tensor) -> Dict[str, WeightedLoss]:
         """MGSC (text, image) and MLTC (text) on ALBEF's encoders.  ``image_tokens`` ``[B, 1 + N, Dv]`` and
         ``text_tokens`` ``[B, L, Dt]`` are ALBEF's unimodal outputs for the full ``images`` ``[B, 3, H, W]`` and
         ``captions``, reused from its own forward (same tokenisation)."""
@@ -101,9 +109,11 @@ class AlbefGlsclPretrain(AlbefPretrainOffline):
         fused_p2 = self.fuse(self.encode_text(masked_ids, text.attention_mask), text.attention_mask, image_tokens)
         tau = self.completion_temperature
         losses = {}
-        if self.loss_weights["mgsc"]:
-            losses["mgsc_text"] = objectives.mgsc_loss(fused_p2[:, 0], fused_p1[:, 0], tau)
-            losses["mgsc_image"] = objectives.mgsc_loss(self.image_completion_head(fused_p1[:, 0]), image_tokens[:, 0], tau)
-        if self.loss_weights["mltc"]:
-            losses["mltc_text"] = objectives.mltc_loss(fused_p2, fused_p1, masked, tau)
+        weights = self.loss_weights
+        if weights.mgsc:
+            losses["mgsc_text"] = WeightedLoss(objectives.mgsc_loss(fused_p2[:, 0], fused_p1[:, 0], tau), weights.mgsc)
+            losses["mgsc_image"] = WeightedLoss(objectives.mgsc_loss(
+                self.image_completion_head(fused_p1[:, 0]), image_tokens[:, 0], tau), weights.mgsc)
+        if weights.mltc:
+            losses["mltc_text"] = WeightedLoss(objectives.mltc_loss(fused_p2, fused_p1, masked, tau), weights.mltc)
         return losses

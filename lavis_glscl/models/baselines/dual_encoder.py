@@ -25,9 +25,9 @@ from transformers.modeling_outputs import ModelOutput
 from lavis_glscl.distributed import all_gather_no_grad, all_gather_with_grad
 from lavis_glscl.matching import build
 from lavis_glscl.models.base import ConfiguredModel
+from lavis_glscl.models.layers.text_encoder import TextBatch, build_text_encoder, tokenize
+from lavis_glscl.models.layers.vision_transformer import VisionTransformer, visual_input
 from lavis_glscl.models.scoring import encode_gallery_texts, encode_gallery_visuals
-from lavis_glscl.models.text_encoder import TextBatch, build_text_encoder, tokenize
-from lavis_glscl.models.vision_transformer import VisionTransformer, visual_input
 from lavis_glscl.paths import config_path
 
 

@@ -33,42 +33,6 @@ def itc_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, temperature,
     return norm_softmax_loss(image_embeds @ text_embeds.t(), temperature)
 
 
-def group_contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, group_size: int,
-                           temperature) -> torch.Tensor:
-    """ITC inside each group of ``group_size`` consecutive rows of unimodal embeddings ``[B, D]``: every image must
-    find its text among its group's texts and every text its image, as :func:`itc_loss` over the batch (sum of both
-    directions).  With a clip and its time reversal as a group this is the time-order contrast of Bagad et al.,
-    "Test of Time" (CVPR 2023): the only difference left to match on is the order of the frames."""
-    batch, dim = image_embeds.shape
-    if group_size < 2 or batch % group_size or text_embeds.shape != image_embeds.shape:
-        raise ValueError(f"group_contrastive_loss needs [B, D] embeddings of equal shape, B a multiple of a group "
-                         f"size >= 2; got {tuple(image_embeds.shape)}, {tuple(text_embeds.shape)}, group {group_size}")
-    image = F.normalize(image_embeds, dim=-1).view(-1, group_size, dim)
-    text = F.normalize(text_embeds, dim=-1).view(-1, group_size, dim)
-    logits = image @ text.transpose(1, 2) / temperature  # [B / group, group, group]
-    targets = torch.arange(group_size, device=logits.device).repeat(batch // group_size)
-    return (F.cross_entropy(logits.reshape(-1, group_size), targets)
-            + F.cross_entropy(logits.transpose(1, 2).reshape(-1, group_size), targets))
-
-
-def group_text_separation_loss(text_embeds: torch.Tensor, group_size: int, margin: float,
-                               temperature) -> torch.Tensor:
-    """Hinge on the cosine of every two texts of a group of ``group_size`` consecutive rows ``[B, D]`` above
-    ``margin``, divided by ``temperature`` (a margin on ITC's logit scale), averaged over those pairs.  It keeps the
-    captions a group contrasts ("to the left" / "to the right") apart, which both ITC terms, while a clip and its
-    reversal still embed alike, lower fastest by making them alike: at weight 1 on the cosine scale the batch ITC
-    still held them at 0.96.  Identical captions add a constant (the cosine of a text with itself has no
-    gradient)."""
-    batch, dim = text_embeds.shape
-    if group_size < 2 or batch % group_size:
-        raise ValueError(f"group_text_separation_loss needs [B, D] texts, B a multiple of a group size >= 2; "
-                         f"got {tuple(text_embeds.shape)}, group {group_size}")
-    text = F.normalize(text_embeds, dim=-1).view(-1, group_size, dim)
-    cosines = text @ text.transpose(1, 2)  # [B / group, group, group]
-    other = ~torch.eye(group_size, dtype=torch.bool, device=text.device)
-    return F.relu(cosines[:, other] - margin).mean() / temperature
-
-
 def mgsc_loss(pred: torch.Tensor, target: torch.Tensor, temperature, gather: Gather = None) -> torch.Tensor:
     """Masked global semantic completion: the fused global token of masked data ``pred`` ``[B, D]``
     must find the (detached) global token of its unmasked counterpart ``target`` ``[B, D]`` among the

@@ -20,7 +20,7 @@ from typing import Dict, List, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from lavis_glscl.models.vision_transformer import VisionTransformer, hf_clip_vision_to_openai
+from lavis_glscl.models.layers.vision_transformer import VisionTransformer, hf_clip_vision_to_openai
 from lavis_glscl.serialization import read_checkpoint
 from lavis_glscl.typed_options import ConfigError
 

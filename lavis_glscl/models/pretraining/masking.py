@@ -1,9 +1,10 @@
 """Random masks of a GLSCL training step, as pure functions of noise tensors (drawn by
-:class:`~lavis_glscl.models.randomness.StepRandomness`, so a sample's masks depend only on its row in the global
-batch)."""
+:class:`~lavis_glscl.models.pretraining.randomness.StepRandomness`, so a sample's masks depend only on its row in the
+global batch)."""
 from typing import Tuple
 
 import torch
+
 
 def lowest_noise_mask(noise: torch.Tensor, allowed: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Per row, select the ``counts[b]`` allowed positions with the lowest noise.

@@ -4,7 +4,7 @@ from typing import List, Mapping, NamedTuple, Optional, Tuple, Union
 import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lavis_glscl.models.checkpointing import run_segment
+from lavis_glscl.models.layers.activation_checkpointing import run_segment
 from lavis_glscl.paths import resolve_local_model_dir
 
 

@@ -7,14 +7,14 @@ recomputed passes, produce the same losses, and resumed runs continue exactly.
 """
 import torch
 
-_SEED_STRIDE = 1_000_003
+from lavis_glscl.seeding import mixed_seed
 
 
 class StepRandomness:
     """Random numbers for this rank's ``batch_size`` rows of a global batch of ``batch_size * world_size``."""
 
     def __init__(self, seed: int, epoch: int, iteration: int, batch_size: int, rank: int = 0, world_size: int = 1):
-        self.generator = torch.Generator().manual_seed((seed * _SEED_STRIDE + epoch) * _SEED_STRIDE + iteration)
+        self.generator = torch.Generator().manual_seed(mixed_seed(seed, epoch, iteration))
         self.batch_size = batch_size
         self.rank = rank
         self.world_size = world_size
