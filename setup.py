@@ -56,7 +56,7 @@ setup(
         "matplotlib",  # bar charts of comparisons, attention heat maps
         "tqdm",
     ],
-    extras_require={"easyvqa": ["easy-vqa"], "test": ["pytest", "scikit-video", "easy-vqa"]},
+    extras_require={"easyvqa": ["easy-vqa"], "test": ["pytest", "ruff", "scikit-video", "easy-vqa"]},
     entry_points={"console_scripts": ["lavis-glscl-train = lavis_glscl.train:main",
                                       "lavis-glscl-evaluate = lavis_glscl.evaluate:main"]},
 )
