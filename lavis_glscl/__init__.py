@@ -10,6 +10,7 @@ package first, so the default holds there.  A user's own value of either variabl
 reads them): ``HF_HUB_OFFLINE=0`` lets LAVIS's own models download from the hub.  Set in a process that had already
 imported transformers, they do not take effect.
 """
+import importlib.metadata
 import os
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -35,7 +36,7 @@ if not os.path.isdir(registry.get_path("cache_root")):
     registry.mapping["paths"]["cache_root"] = str(cache_dir() / "lavis")
 cached_runs.register_resolver()  # ${cached_run:<run yaml>}: the final checkpoint of a run trained once
 
-__version__ = "0.1.0"
+__version__ = importlib.metadata.version("lavis_glscl")  # the one version string is setup.py's
 
 
 class ModelZoo(dict):

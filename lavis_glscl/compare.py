@@ -18,7 +18,8 @@ the re-test alone).  A run naming a ``baseline`` row is compared with it seed by
 data order): the mean paired difference, its standard deviation, and a two-sided paired t-test; the difference
 "exceeds the seeds' spread" when p < 0.05.  The table goes to stdout and ``results.md``; ``results.png`` holds the
 bars with standard-deviation error bars beside each row's training-loss curves.  A seed whose run directory holds
-a finished record for the same options is not trained again (an interrupted compare resumes where it stopped).
+a finished record for the same options is not trained again (an interrupted compare resumes where it stopped);
+``--finished-only`` tabulates the finished seeds of a compare still running, training and testing nothing.
 
 Compare yaml::
 
@@ -202,7 +203,7 @@ def seed_run_options(cfg, run, seed: Optional[int]) -> List[str]:
     return options + [f"run.seed={seed}"] + [option.format(seed=seed) for option in run.get("seed_options") or []]
 
 
-def compare(cfg) -> List[dict]:
+def compare(cfg, finished_only: bool = False) -> List[dict]:
     base = run_config_path(cfg.base)
     output_dir = Path(cfg.output_dir).expanduser().resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +218,9 @@ def compare(cfg) -> List[dict]:
             tests = list(cfg.get("tests") or [])
             finetunes = plain(run.finetunes if "finetunes" in run else cfg.get("finetunes") or [])
             record = finished_record(run_dir, options, tests, finetunes)
+            if record is None and finished_only:
+                print(f"{run.name}{suffix}: not finished, left out", flush=True)
+                continue
             if record is None:
                 record = train_and_test(base, tests, finetunes, options, run_dir, seed)
                 (run_dir / RECORD_FILE).write_text(json.dumps(record, indent=2))
@@ -226,7 +230,7 @@ def compare(cfg) -> List[dict]:
             record["metrics"] = scaled(record["metrics"], plain(cfg.get("scale") or {}))
             trained.append(record)
             print(f"{run.name}{suffix}: {record['metrics']}", flush=True)
-            for evaluation in run.get("evaluations") or []:
+            for evaluation in [] if finished_only else run.get("evaluations") or []:
                 eval_dir = output_dir / f"{slug(evaluation.name)}{suffix}"
                 eval_minutes = _run("lavis_glscl.evaluate", base, options + list(evaluation.get("options") or []) + [
                     f"run.output_dir={eval_dir}", "run.evaluate=true", "model.load_finetuned=true",
@@ -235,16 +239,19 @@ def compare(cfg) -> List[dict]:
                 evaluated[evaluation.name].append({"seed": seed, "metrics": metrics,
                                                    "minutes": float(eval_minutes[0]),
                                                    "cpu_minutes": float(eval_minutes[1])})
-        rows.append({**summarise(run.name, trained), "baseline": run.get("baseline")})
-        rows += [summarise(name, records) for name, records in evaluated.items()]
+        if trained:
+            rows.append({**summarise(run.name, trained), "baseline": run.get("baseline")})
+        rows += [summarise(name, records) for name, records in evaluated.items() if records]
     tables = plain(cfg.tables) if cfg.get("tables") else [{"title": None, "metrics": list(cfg.metrics)}]
     metrics = [metric for table in tables for metric in table["metrics"]]
     by_name = {row["name"]: row for row in rows}
+    configured = [run.name for run in cfg.runs] + [e.name for run in cfg.runs for e in run.get("evaluations") or []]
     for row in rows:
         if row.get("baseline"):
-            if row["baseline"] not in by_name:
-                raise KeyError(f"run {row['name']!r}: baseline {row['baseline']!r} is not a row; rows: {list(by_name)}")
-            row["paired"] = {m: paired_difference(row, by_name[row["baseline"]], m) for m in metrics}
+            if row["baseline"] not in configured:
+                raise KeyError(f"run {row['name']!r}: baseline {row['baseline']!r} is not a row; rows: {configured}")
+            if row["baseline"] in by_name:  # (with --finished-only, a baseline may have no finished seed yet)
+                row["paired"] = {m: paired_difference(row, by_name[row["baseline"]], m) for m in metrics}
     text = "\n\n".join(table_section(rows, table) for table in tables)
     (output_dir / "results.md").write_text(text + "\n")
     (output_dir / "results.json").write_text(json.dumps(rows, indent=2))
@@ -267,9 +274,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Train and evaluate several LAVIS runs over seeds and tabulate them.")
     parser.add_argument("--cfg-path", "--cfg", dest="cfg_path", required=True)
     parser.add_argument("--options", nargs="+", default=[], help="override compare.* keys, as key=value")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="tabulate the seeds already finished; train and test nothing")
     args = parser.parse_args(argv)
     cfg = OmegaConf.merge(OmegaConf.load(run_config_path(args.cfg_path)), OmegaConf.from_dotlist(args.options))
-    compare(cfg.compare)
+    compare(cfg.compare, finished_only=args.finished_only)
 
 
 if __name__ == "__main__":

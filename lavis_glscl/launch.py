@@ -10,11 +10,12 @@ import sys
 from typing import List, Optional
 
 from lavis.common.config import Config
-from lavis.common.logger import setup_logger
 from lavis.common.registry import registry
 from omegaconf import DictConfig, OmegaConf
 
 from lavis_glscl import distributed
+from lavis_glscl.lavis_config import check_downloads
+from lavis_glscl.models.base import ConfiguredModel
 from lavis_glscl.paths import run_config_path
 from lavis_glscl.runners.job import prepare_run_directory
 from lavis_glscl.runners.options import RunOptions
@@ -57,9 +58,27 @@ def load_run_yaml(cfg_path: str, options: List[str]):
         raise ConfigError(f"{path} is a {type(loaded).__name__.replace('Config', '').lower()}; a run yaml is a mapping "
                           "with model, datasets and run blocks")
     try:
-        return path, OmegaConf.merge(loaded, OmegaConf.from_dotlist(list(options)))
+        return path, override(loaded, OmegaConf.from_dotlist(list(options)))
     except Exception as error:
         raise ConfigError(f"--options do not merge into {path}: {str(error).splitlines()[0]}") from None
+
+
+def dotted_leaves(tree, prefix: str = ""):
+    """``(dotted key, value)`` of every leaf of a nested mapping; lists, and mappings whose keys hold dots (e.g.
+    ``lr_scales`` prefixes), are leaves."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and value and not any("." in str(name) for name in value):
+            yield from dotted_leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def override(config: DictConfig, options: DictConfig) -> DictConfig:
+    """``config`` with each value of ``options`` set in place.  ``OmegaConf.merge`` would resolve the interpolation
+    a value replaces: ``--options model.pretrained=x`` would train the ``${cached_run:...}`` it overrides."""
+    for key, value in dotted_leaves(OmegaConf.to_container(options)):
+        OmegaConf.update(config, key, value, merge=True)
+    return config
 
 
 class LaunchConfig(Config):
@@ -69,10 +88,8 @@ class LaunchConfig(Config):
     @staticmethod
     def build_model_config(config, **kwargs):
         options = OmegaConf.create(kwargs)
-        chosen = {key: OmegaConf.select(options, f"model.{key}") for key in ("arch", "model_type")}
-        chosen = {key: value for key, value in chosen.items() if value}
-        if chosen:
-            config = OmegaConf.merge(config, {"model": chosen})
+        # the options replace the yaml's model values before LAVIS merges them (see override)
+        override(config, OmegaConf.create({"model": options.get("model") or {}}))
         return Config.build_model_config(config)
 
 
@@ -155,17 +172,28 @@ def check_config(args: argparse.Namespace) -> LaunchConfig:
         raise ConfigError(str(error.args[0] if error.args else error)) from None
     RunOptions.from_config(cfg.run_cfg)
     model_cls = registry.get_model_class(cfg.model_cfg.arch)
-    if hasattr(model_cls, "check_options"):
+    if issubclass(model_cls, ConfiguredModel):
+        model_cls.adapt_to_processors(cfg)
         model_cls.check_options(cfg.model_cfg)
+    check_downloads(cfg)
     return cfg
+
+
+def setup_logging() -> None:
+    """LAVIS's log format and levels (INFO on rank 0, warnings elsewhere), set before the config checks so that what
+    they adapt is logged; the rank comes from the launcher's environment, the process group not started yet."""
+    launch = distributed.launch_environment()
+    rank = launch[0] if launch else 0
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARN,
+                        format="%(asctime)s [%(levelname)s] %(message)s", handlers=[logging.StreamHandler()])
 
 
 def setup(args: argparse.Namespace) -> LaunchConfig:
     """Check the config, start the process group if launched by torchrun, seed, log."""
+    setup_logging()
     cfg = check_config(args)
     distributed.init_distributed(cfg.run_cfg)
     seed_process(int(cfg.run_cfg.seed), distributed.world()[0])
-    setup_logger()
     cfg.pretty_print()
     return cfg
 

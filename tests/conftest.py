@@ -1,5 +1,8 @@
 """Shared fixtures.  The whole suite runs in one pytest process: ``import lavis`` costs seconds and a GB."""
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -8,12 +11,17 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# Generated data goes to a temporary cache, never the user's; set before test modules import lavis_glscl at collection
+# (its import points LAVIS's cache_root into this cache).
+SESSION_CACHE = Path(tempfile.mkdtemp(prefix="lavis_glscl_cache_"))
+os.environ["LAVIS_GLSCL_CACHE"] = str(SESSION_CACHE)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def isolated_cache(tmp_path_factory):
-    """Generated data goes to a temporary cache, never the user's."""
-    cache = tmp_path_factory.mktemp("cache")
-    os.environ["LAVIS_GLSCL_CACHE"] = str(cache)
-    return cache
+def isolated_cache():
+    """The session's cache, removed at the end."""
+    yield SESSION_CACHE
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +102,18 @@ def bad_shards(tmp_path):
     entries = [ShardEntry(str(folder / "s0.tar"), 7), ShardEntry(str(folder / "s1.tar"), 4),
                ShardEntry(str(folder / "s2.tar"), 1)]
     return entries, good
+
+
+@pytest.fixture
+def recorded_cached_runs():
+    """The ``cached_run`` resolver replaced by one that records the yamls it is asked to train."""
+    from omegaconf import OmegaConf
+
+    from lavis_glscl import cached_runs
+
+    asked = []
+    OmegaConf.clear_resolver(cached_runs.RESOLVER)
+    OmegaConf.register_resolver(cached_runs.RESOLVER, lambda run_yaml: asked.append(run_yaml) or "trained.pth")
+    yield asked
+    OmegaConf.clear_resolver(cached_runs.RESOLVER)
+    cached_runs.register_resolver()

@@ -30,7 +30,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -57,15 +57,14 @@ VIDEO_TRAVEL = (0.8, 1.0)  # range of the fraction of the free width (side minus
 CLIP_LENGTHS = (8, 12, 16)  # multiples of 4: the 4 frames of the segment middles are evenly spaced in time
 
 
-@dataclass(frozen=True)
-class ShapeObject:
+class ShapeObject(NamedTuple):
     size: str
     color: str
     shape: str
 
     @property
     def phrase(self) -> str:
-        return f"{self.size} {self.color} {self.shape}"
+        return " ".join(self)
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def one_word_variant(scene: Scene, rng: np.random.RandomState) -> Scene:
         target = getattr(scene, which)
         options = {"size": list(SIZES), "color": list(COLORS), "shape": list(SHAPES)}[kind]
         value = rng.choice([o for o in options if o != getattr(target, kind)])
-        changed = ShapeObject(**{**target.__dict__, kind: value})
+        changed = target._replace(**{kind: value})
         variant = Scene(changed, scene.relation, scene.second) if which == "first" else Scene(
             scene.first, scene.relation, changed)
         if variant.first != variant.second:

@@ -53,6 +53,10 @@ class ConfiguredModel(BaseModel):
         cls.typed_options(cls.split_options(cfg, resolve_checkpoints=False)[0])
 
     @classmethod
+    def adapt_to_processors(cls, cfg) -> None:
+        """Settle, in the run's config, what this model takes from the datasets' processors (nothing by default)."""
+
+    @classmethod
     def typed_options(cls, options: dict):
         """The constructor options read into the model's typed config (models without one take them as given)."""
         return options

@@ -8,6 +8,7 @@ of the wrong type (``init_lr: fast``, ``amp: "false"``) and a value out of range
 writes (``rank``, ``gpu``, ``dist_backend``) are accepted too.
 """
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Mapping, Optional, Union
 
@@ -130,6 +131,8 @@ class RunOptions:
         if isinstance(self.train_dataset_ratios, str) and self.train_dataset_ratios != "proportional":
             raise ConfigError(f"run.train_dataset_ratios must be a list of weights or 'proportional', got "
                               f"{self.train_dataset_ratios!r}")
+        if self.resume_ckpt_path and not os.path.isfile(self.resume_ckpt_path):
+            raise ConfigError(f"run.resume_ckpt_path {self.resume_ckpt_path} does not exist")
         if self.job_id is not None and (not self.job_id or "/" in self.job_id or self.job_id in (".", "..")):
             raise ConfigError(f"run.job_id must be a directory name (no '/'), got {self.job_id!r}")
 

@@ -220,7 +220,8 @@ class RunnerGlscl(CheckpointState, StepLogs, RunnerBase):
         if "agg_metrics" not in val_log:
             raise KeyError(f"the task's evaluation of {split_name!r} returned no 'agg_metrics'")
         if val_log["agg_metrics"] > self.best["agg_metrics"] and split_name == "val":
-            self.best.update(agg_metrics=val_log["agg_metrics"], epoch=epoch, saved=True)
+            # a plain float: LAVIS's classification task reports a numpy scalar, which a checkpoint must not hold
+            self.best.update(agg_metrics=float(val_log["agg_metrics"]), epoch=epoch, saved=True)
             self._save_checkpoint(epoch, is_best=True)
         self.log_stats({**val_log, "best_epoch": self.best["epoch"]}, split_name)
         return val_log

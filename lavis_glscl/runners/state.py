@@ -51,6 +51,13 @@ class CheckpointState:
         if not is_best and iteration is None:
             self._prune_epoch_checkpoints(cur_epoch)
 
+    def _reload_best_model(self, model):
+        """The best checkpoint's weights, read as data (LAVIS's own reload unpickles the file with ``torch.load``)."""
+        path = self.output_dir / "checkpoint_best.pth"
+        logging.info("Loading checkpoint from %s.", path)
+        self.unwrap_dist_model(model).load_state_dict(read_checkpoint(str(path))["model"])
+        return model
+
     def _check_same_architecture(self, path: str, checkpoint: dict) -> None:
         """Refuse, naming both, to resume a run of one model from a checkpoint of another (its config says which)."""
         if not isinstance(checkpoint, dict) or "model" not in checkpoint or "optimizer" not in checkpoint:

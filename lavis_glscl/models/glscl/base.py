@@ -9,6 +9,7 @@ poolers, and the ITM / MLM / ITC heads.  Module names follow the released checkp
 Shapes: images ``[B, F, 3, H, W]`` (``[B, 3, H, W]`` is read as ``F = 1``); image tokens after the bridge
 ``[B, F + F * K, D]`` (frame CLS tokens first); text tokens ``[B, L, D]``.
 """
+import dataclasses
 import logging
 from typing import Dict, Iterator, List, Mapping, Sequence
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from lavis.models.blip_models.blip_outputs import BlipOutputFeatures
 from torch import nn
 
+from lavis_glscl.lavis_config import drop_lavis_model_options, take_sizes_from_processors
 from lavis_glscl.models.base import ConfiguredModel
 from lavis_glscl.models.glscl.config import GlsclConfig
 from lavis_glscl.models.glscl.outputs import CrossAttentionMaps, FusionOutput
@@ -57,8 +59,16 @@ class GlsclBase(ConfiguredModel):
     NUM_TOKEN_TYPES = 2
 
     @classmethod
+    def adapt_to_processors(cls, cfg) -> None:
+        """The image size, frame bound and video layout of the datasets' processors
+        (:func:`lavis_glscl.lavis_config.take_sizes_from_processors`)."""
+        take_sizes_from_processors(cfg)
+
+    @classmethod
     def typed_options(cls, options: Mapping) -> GlsclConfig:
-        return GlsclConfig.from_options(options)
+        """The typed config; options only LAVIS's own models read are reported once and dropped."""
+        known = {f.name for f in dataclasses.fields(GlsclConfig)}
+        return GlsclConfig.from_options(drop_lavis_model_options(dict(options), known, cls.__name__))
 
     @classmethod
     def build(cls, options: Mapping) -> "GlsclBase":
@@ -244,7 +254,7 @@ class GlsclBase(ConfiguredModel):
             raise ValueError(f"mode must be 'image', 'text' or 'multimodal', got {mode!r}")
         features = {}
         if mode in ("image", "multimodal"):
-            images = visual_input(samples).to(self.device)
+            images = visual_input(samples, self.config.video_layout).to(self.device)
             image_embeds = self.encode_image(images)
             features.update(image_embeds=image_embeds, image_embeds_proj=F.normalize(self.vision_proj(image_embeds),
                                                                                       dim=-1))
@@ -293,7 +303,7 @@ class GlsclBase(ConfiguredModel):
             return tokens.cpu(), text.attention_mask.cpu(), F.normalize(self.text_embedding(tokens), dim=-1)
 
         def encode_visuals(samples):
-            tokens = self.encode_image(visual_input(samples).to(self.device))
+            tokens = self.encode_image(visual_input(samples, self.config.video_layout).to(self.device))
             return tokens.cpu(), F.normalize(self.image_embedding(tokens, self.num_frames(tokens)), dim=-1)
 
         text_tokens, text_masks, text_embeds = encode_gallery_texts(data_loader.dataset.text, encode_texts)

@@ -127,6 +127,9 @@ class GlsclConfig:
     group_contrast: GroupContrast = field(default_factory=GroupContrast)
     video_completion: VideoCompletion = field(default_factory=VideoCompletion)
     itm_negatives: str = "random"
+    # how video batches arrive: [B, F, 3, H, W] (lavis_glscl's processors) or [B, 3, F, H, W] (LAVIS's ALPRO ones; a
+    # run sets it from its processors)
+    video_layout: Literal["tchw", "cthw"] = "tchw"
     mlm_probability: float = 0.15
     mgsc_image_mask_ratio: float = 0.8
     mgsc_text_mask_ratio: float = 0.4

@@ -71,7 +71,7 @@ class PretrainingStep:
     def __init__(self, model: "GlsclPretrain", samples: dict):
         self.model = model
         self.config = model.config
-        self.images = visual_input(samples)
+        self.images = visual_input(samples, model.config.video_layout)
         self.batch, self.frames = self.images.shape[:2]
         self.text = model.tokenize(samples["text_input"])
         if self.text.input_ids.shape[0] != self.batch:

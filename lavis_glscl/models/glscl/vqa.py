@@ -8,11 +8,13 @@ import dataclasses
 import importlib
 import json
 import logging
+import os
 from typing import Dict, List
 
 import torch
 import torch.nn.functional as F
 from lavis.common.registry import registry
+from lavis.common.utils import get_cache_path
 from torch import nn
 
 from lavis_glscl.models.glscl.base import GlsclBase, init_bert_weights
@@ -23,11 +25,13 @@ from lavis_glscl.paths import PACKAGE_PREFIX
 
 
 def load_answer_list(spec: str) -> List[str]:
-    """The VQA answer vocabulary: a json list file, or ``package:<module>`` for a package with ``get_answers()``
-    (``package:easy_vqa``)."""
+    """The VQA answer vocabulary: a json list file (a relative path that is not there is under LAVIS's
+    ``cache_root``, as LAVIS's ``coco/annotations/answer_list.json``), or ``package:<module>`` for a package with
+    ``get_answers()`` (``package:easy_vqa``)."""
     if spec.startswith(PACKAGE_PREFIX):
         return list(importlib.import_module(spec[len(PACKAGE_PREFIX):]).get_answers())
-    with open(spec) as handle:
+    path = spec if os.path.isabs(spec) or os.path.isfile(spec) else get_cache_path(spec)
+    with open(path) as handle:
         return list(json.load(handle))
 
 
@@ -59,7 +63,7 @@ class GlsclVqa(GlsclBase):
 
     def answer_logits(self, samples: dict) -> torch.Tensor:
         """``[B, num_answers]`` logits for the questions ``samples['text_input']`` about ``samples['image']``."""
-        images = visual_input(samples)
+        images = visual_input(samples, self.config.video_layout)
         text = self.tokenize(samples["text_input"])
         fusion = self.fuse(self.encode_text(text.input_ids, text.attention_mask), text.attention_mask,
                            self.encode_image(images), images.shape[1])

@@ -7,9 +7,9 @@ weights load by name.  There is no ``proj``: GLSCL bridges tokens with its own l
 
 An image is a 1-frame video.  Input ``[B, F, 3, H, W]``; inside the blocks the sequence is frame-major,
 ``[B, F * (1 + N), D]`` with each frame's CLS first.  Each frame CLS attends to every token of every
-frame, each patch only to its own frame (see :func:`frame_attention_mask`); with ``F = 1`` this is plain
-ViT attention.  The output puts the ``F`` frame-CLS tokens first, then the patches frame by frame:
-``[B, F + F * N, D]``.
+frame, each patch only to its own frame, its CLS included (:func:`frame_attention`, which scores a patch
+against its own frame only); with ``F = 1`` this is plain ViT attention.  The output puts the ``F``
+frame-CLS tokens first, then the patches frame by frame: ``[B, F + F * N, D]``.
 """
 import math
 from collections import OrderedDict
@@ -47,11 +47,36 @@ class ResidualAttentionBlock(nn.Module):
         ]))
         self.ln_2 = nn.LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``x`` ``[B, L, D]``; ``attn_mask`` bool ``[L, L]``, True where attention is blocked."""
+    def forward(self, x: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        """``x`` ``[B, F * T, D]``, frame-major with each frame's ``T`` tokens led by its CLS."""
         h = self.ln_1(x)
-        x = x + self.attn(h, h, h, attn_mask=attn_mask, need_weights=False)[0]
+        attended = self.attn(h, h, h, need_weights=False)[0] if frames == 1 else frame_attention(self.attn, h, frames)
+        x = x + attended
         return x + self.mlp(self.ln_2(x))
+
+
+def frame_attention(attn: nn.MultiheadAttention, tokens: torch.Tensor, frames: int) -> torch.Tensor:
+    """``attn`` over frame-major ``tokens`` ``[B, F * T, D]`` (each frame: its CLS, then its patches) where a frame
+    CLS attends to every token and a patch only to its own frame's ``T`` tokens.  A patch is scored against its own
+    frame alone, ``F * T^2`` scores in all where a masked attention over the sequence computes ``(F * T)^2``."""
+    batch, length, width = tokens.shape
+    per_frame, heads = length // frames, attn.num_heads
+    query, key, value = F.linear(tokens, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+
+    def split_heads(t: torch.Tensor) -> torch.Tensor:  # [N, L, D] -> [N, heads, L, D / heads]
+        return t.reshape(t.shape[0], -1, heads, width // heads).transpose(1, 2)
+
+    def merge_heads(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2).reshape(t.shape[0], -1, width)
+
+    by_frame = [t.reshape(batch * frames, per_frame, width) for t in (query, key, value)]
+    patches = F.scaled_dot_product_attention(split_heads(by_frame[0][:, 1:]), split_heads(by_frame[1]),
+                                             split_heads(by_frame[2]))
+    frame_cls = query.reshape(batch, frames, per_frame, width)[:, :, 0]
+    cls = F.scaled_dot_product_attention(split_heads(frame_cls), split_heads(key), split_heads(value))
+    patches = merge_heads(patches).reshape(batch, frames, per_frame - 1, width)
+    out = torch.cat([merge_heads(cls).unsqueeze(2), patches], dim=2).reshape(batch, length, width)
+    return attn.out_proj(out)
 
 
 class Transformer(nn.Module):
@@ -70,28 +95,15 @@ def as_frames(visual: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"expected images [B, 3, H, W] or videos [B, F, 3, H, W], got {tuple(visual.shape)}")
 
 
-def visual_input(samples: dict) -> torch.Tensor:
-    """A batch's pixels as ``[B, F, 3, H, W]``, from ``samples['image']`` or ``samples['video']``."""
-    for key in ("image", "video"):
-        if key in samples:
-            return as_frames(samples[key])
+def visual_input(samples: dict, video_layout: str = "tchw") -> torch.Tensor:
+    """A batch's pixels as ``[B, F, 3, H, W]``, from ``samples['image']`` or ``samples['video']``; ``video_layout``
+    ``cthw`` reads videos batched as ``[B, 3, F, H, W]`` (LAVIS's ALPRO processors)."""
+    if "image" in samples:
+        return as_frames(samples["image"])
+    if "video" in samples:
+        video = samples["video"]
+        return as_frames(video.transpose(1, 2) if video_layout == "cthw" else video)
     raise KeyError(f"samples need an 'image' or 'video' entry, got keys {sorted(samples)}")
-
-
-def frame_attention_mask(num_frames: int, tokens_per_frame: int, device=None) -> Optional[torch.Tensor]:
-    """The video attention pattern on a frame-major sequence of ``num_frames * tokens_per_frame`` tokens
-    (each frame: its CLS, then its patches).
-
-    Returns bool ``[L, L]``, True where attention is *blocked*: a frame-CLS row attends to everything, a
-    patch row only to the tokens of its own frame (that frame's CLS included).  ``None`` for one frame.
-    """
-    if num_frames == 1:
-        return None
-    positions = torch.arange(num_frames * tokens_per_frame, device=device)
-    frame = positions // tokens_per_frame
-    is_cls = positions % tokens_per_frame == 0
-    allowed = (frame.unsqueeze(1) == frame.unsqueeze(0)) | is_cls.unsqueeze(1)
-    return ~allowed
 
 
 def cls_first(tokens: torch.Tensor, num_frames: int) -> torch.Tensor:
@@ -218,10 +230,9 @@ class VisionTransformer(nn.Module):
             x = torch.cat([x[:, :, :1], patches], dim=2)
         tokens_per_frame = x.shape[2]
         x = self.ln_pre(x.reshape(batch, frames * tokens_per_frame, self.width))
-        attn_mask = frame_attention_mask(frames, tokens_per_frame, device=x.device)
         hidden_states: List[torch.Tensor] = [x]
         for block in self.transformer.resblocks:
-            x = run_segment(block, x, attn_mask, checkpointed=self.grad_checkpointing)
+            x = run_segment(block, x, frames, checkpointed=self.grad_checkpointing)
             hidden_states.append(x)
         x = cls_first(self.ln_post(x), frames)
         if return_hidden_states:

@@ -133,3 +133,72 @@ def test_built_parts_bind_their_options():
     assert value(matching.build("loss", "sum_margin", reduction="mean")(TOY)) == pytest.approx(0.4, abs=TOL)
     assert value(matching.build("loss", "infonce", temperature=0.05)(TOY)) == pytest.approx(1.886432, abs=TOL)
     assert torch.equal(matching.build("score_normalizer", "none")(TOY), TOY)
+
+
+def test_a_margin_of_zero_is_a_margin_and_not_the_default():
+    """``margin=0`` for VSE0, VSE++ and kNN-margin, called and built by name: only violations beyond zero count.  On
+    TOY the hinges [S_neg - S_pos]_+ are 0.05 (row 2 against text 0) and 0.15 (column 2 against image 0), all else 0;
+    the default margin 0.2 gives 1.2 and 1.1 instead."""
+    for loss in (matching.sum_margin_loss(TOY, margin=0.0), matching.vse_plus_plus_loss(TOY, margin=0.0),
+                 matching.knn_margin_loss(TOY, 2, margin=0.0), matching.build("loss", "vse++", margin=0.0)(TOY),
+                 matching.build("loss", "sum_margin", margin=0)(TOY)):
+        assert value(loss) == pytest.approx(0.2, abs=TOL)
+    assert value(matching.vse_plus_plus_loss(TOY, margin=0.0, reduction="mean")) == pytest.approx(0.2 / 3, abs=TOL)
+
+
+# Two images, five captions: image 0 has captions 0-2, image 1 captions 3-4.  Mean positive scores: image 0
+# (0.9 + 0.7 + 0.8) / 3 = 0.8, image 1 (0.8 + 0.6) / 2 = 0.7; each caption's positive is its own image's entry.
+WIDE = torch.tensor([[0.90, 0.70, 0.80, 0.65, 0.85],
+                     [0.45, 0.30, 0.75, 0.80, 0.60]])
+WIDE_POSITIVES = torch.tensor([[True, True, True, False, False],
+                               [False, False, False, True, True]])
+
+
+def test_hinge_losses_on_a_non_square_positives_mask_by_hand():
+    """More captions than images: with margin 0.2, i2t hinges image 0: (0.05, 0.25), image 1: (0, 0, 0.25); t2i (one
+    negative image per caption): 0, 0, 0.15, 0.05, 0.45.  Sum 0.55 + 0.65; hardest 0.25 + 0.25 + 0.65; "mean" divides
+    the i2t sum by 2 images and the t2i sum by 5 captions."""
+    assert value(matching.hinge_ranking_loss(WIDE, 0.2, "sum", positives=WIDE_POSITIVES)) == pytest.approx(1.2, abs=TOL)
+    assert value(matching.vse_plus_plus_loss(WIDE, positives=WIDE_POSITIVES)) == pytest.approx(1.15, abs=TOL)
+    assert value(matching.knn_margin_loss(WIDE, 1, positives=WIDE_POSITIVES)) == pytest.approx(1.15, abs=TOL)
+    assert value(matching.sum_margin_loss(WIDE, reduction="mean", positives=WIDE_POSITIVES)) == pytest.approx(
+        0.55 / 2 + 0.65 / 5, abs=TOL)
+    with pytest.raises(ValueError, match="square"):
+        matching.sum_margin_loss(WIDE)
+    with pytest.raises(ValueError, match="shape"):
+        matching.sum_margin_loss(WIDE, positives=WIDE_POSITIVES.t())
+
+
+def test_info_nce_and_unified_loss_on_a_non_square_positives_mask_by_hand():
+    """More captions than images, computed here from the formulas with Python floats: each positive of a query against
+    the query's negatives only, averaged over its positives, then over the queries of each direction (InfoNCE); the
+    soft maximum log(1 + sum exp(gamma * (m + S_neg - S_pos))) / gamma per query (unified)."""
+    rows = WIDE.tolist()
+    positive = WIDE_POSITIVES.tolist()
+    columns = [list(column) for column in zip(*rows)]
+    positive_columns = [list(column) for column in zip(*positive)]
+    tau, gamma, margin = 0.5, 4.0, 0.1
+
+    def info_nce_query(scores, is_positive):
+        negatives = [s / tau for s, p in zip(scores, is_positive) if not p]
+        terms = [-s / tau + math.log(math.exp(s / tau) + sum(math.exp(n) for n in negatives))
+                 for s, p in zip(scores, is_positive) if p]
+        return sum(terms) / len(terms)
+
+    def unified_query(scores, is_positive):
+        positives = [s for s, p in zip(scores, is_positive) if p]
+        mean_positive = sum(positives) / len(positives)
+        violations = [margin + s - mean_positive for s, p in zip(scores, is_positive) if not p]
+        return math.log(1 + sum(math.exp(gamma * v) for v in violations)) / gamma
+
+    info_nce = (sum(info_nce_query(r, p) for r, p in zip(rows, positive)) / 2
+                + sum(info_nce_query(c, p) for c, p in zip(columns, positive_columns)) / 5)
+    assert value(matching.info_nce_loss(WIDE, tau, WIDE_POSITIVES)) == pytest.approx(info_nce, abs=TOL)
+    assert value(matching.build("loss", "infonce", temperature=tau)(WIDE, positives=WIDE_POSITIVES)) == pytest.approx(
+        info_nce, abs=TOL)
+    unified_rows = [unified_query(r, p) for r, p in zip(rows, positive)]
+    unified_columns = [unified_query(c, p) for c, p in zip(columns, positive_columns)]
+    unified_sum = matching.unified_pair_loss(WIDE, gamma, margin, reduction="sum", positives=WIDE_POSITIVES)
+    assert value(unified_sum) == pytest.approx(sum(unified_rows) + sum(unified_columns), abs=TOL)
+    unified_mean = matching.unified_pair_loss(WIDE, gamma, margin, reduction="mean", positives=WIDE_POSITIVES)
+    assert value(unified_mean) == pytest.approx(sum(unified_rows) / 2 + sum(unified_columns) / 5, abs=TOL)

@@ -166,3 +166,70 @@ def test_token_heads_batched_equal_pair_by_pair(head, options):
 def test_similarity_heads_build_by_name():
     head = matching.build("similarity_head", "token_max_sum", mode="v2t")
     assert value(head(PATCHES, WORDS)) == pytest.approx(2.8, abs=TOL)
+
+
+def scan_by_hand(queries, contexts, lambda_softmax, lambda_lse, aggregation):
+    """SCAN's four steps (see ``scan_similarity``) on lists of vectors, in Python floats."""
+    def dot(a, b):
+        return sum(x * y for x, y in zip(a, b))
+
+    def norm(a):
+        return math.sqrt(dot(a, a))
+
+    cosines = [[dot(q, k) / (norm(q) * norm(k)) for k in contexts] for q in queries]
+    clipped = [[c if c > 0 else 0.1 * c for c in row] for row in cosines]
+    column_norms = [math.sqrt(sum(clipped[q][k] ** 2 for q in range(len(queries)))) for k in range(len(contexts))]
+    relevances = []
+    for q, query in enumerate(queries):
+        logits = [lambda_softmax * clipped[q][k] / column_norms[k] for k in range(len(contexts))]
+        weights = [math.exp(logit) / sum(math.exp(other) for other in logits) for logit in logits]
+        attended = [sum(w * k[d] for w, k in zip(weights, contexts)) for d in range(len(query))]
+        relevances.append(dot(query, attended) / (norm(query) * norm(attended)))
+    if aggregation == "lse":
+        return math.log(sum(math.exp(lambda_lse * r) for r in relevances)) / lambda_lse
+    return sum(relevances) / len(relevances)
+
+
+def test_scan_direction_and_its_lambdas_by_hand():
+    """``direction: i2t`` (patches attend to words), ``lambda_softmax`` 4 and ``lambda_lse`` 2 (defaults t2i, 9, 6)
+    against SCAN's steps computed here; the two directions give different scores on this pair."""
+    regions = [[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]
+    words = [[0.8, 0.6], [0.6, -0.8]]
+    image, text = torch.tensor([regions], dtype=torch.float64), torch.tensor([words], dtype=torch.float64)
+    scores = {}
+    for direction, queries, contexts in (("t2i", words, regions), ("i2t", regions, words)):
+        for aggregation in ("lse", "mean"):
+            expected = scan_by_hand(queries, contexts, 4.0, 2.0, aggregation)
+            scores[direction, aggregation] = value(matching.scan_similarity(
+                image, text, direction=direction, lambda_softmax=4.0, lambda_lse=2.0, aggregation=aggregation))
+            assert scores[direction, aggregation] == pytest.approx(expected, abs=1e-9), (direction, aggregation)
+    assert abs(scores["t2i", "lse"] - scores["i2t", "lse"]) > 0.01
+    assert abs(scores["t2i", "mean"] - scores["i2t", "mean"]) > 0.01
+    assert scores["t2i", "lse"] != pytest.approx(scan_by_hand(words, regions, 9.0, 6.0, "lse"), abs=1e-3)
+
+
+@pytest.mark.parametrize("head, options", [(matching.scan_similarity, {}), (matching.token_max_sum_similarity, {}),
+                                           (matching.tokenflow_similarity, {"temperature": 0.1})],
+                         ids=["scan", "token_max_sum", "tokenflow"])
+def test_chunk_size_scores_that_many_images_per_chunk(head, options, monkeypatch):
+    """``chunk_size: 2`` (default 16) over 5 images: three chunks of 2, 2 and 1 images, the scores unchanged."""
+    from lavis_glscl.matching import similarity
+
+    chunks = []
+    by_chunk = similarity._scores_by_image_chunk
+
+    def recording(score_chunk, image_tokens, image_mask, chunk_size):
+        def counted(images, images_mask):
+            chunks.append(images.shape[0])
+            return score_chunk(images, images_mask)
+
+        return by_chunk(counted, image_tokens, image_mask, chunk_size)
+
+    generator = torch.Generator().manual_seed(6)
+    images, image_mask = random_tokens([6, 3, 5, 1, 6], 6, 8, generator)
+    texts, text_mask = random_tokens([4, 2, 3], 4, 8, generator)
+    whole = head(images, texts, image_mask, text_mask, **options)
+    monkeypatch.setattr(similarity, "_scores_by_image_chunk", recording)
+    chunked = head(images, texts, image_mask, text_mask, chunk_size=2, **options)
+    assert chunks == [2, 2, 1]
+    assert torch.allclose(chunked, whole, atol=TOL)

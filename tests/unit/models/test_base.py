@@ -73,3 +73,35 @@ def test_a_quoted_false_never_turns_trust_on(tiny, tmp_path):
         tiny("glscl_pretrain", pretrained=str(tmp_path / "weights.pth"), trust_checkpoint="false")
     with pytest.raises(ConfigError, match="model.vision_init.trust_checkpoint must be true or false"):
         tiny("glscl_pretrain", vision_init={"path": str(tmp_path / "weights.pth"), "trust_checkpoint": "no"})
+
+
+def test_freeze_prefixes_stop_exactly_the_parameters_they_name_from_training(tiny):
+    """``model.freeze``: every parameter whose name starts with a listed prefix is frozen and gets no gradient from a
+    step; a parameter beside it (the second ViT block, the text encoder's layers) still trains."""
+    prefixes = ["vision_transformer.transformer.resblocks.0.", "text_transformer.embeddings"]
+    model = tiny("glscl_pretrain", freeze=prefixes)
+    model(tiny_batch()).loss.backward()
+    frozen = {name for name, param in model.named_parameters() if name.startswith(tuple(prefixes))}
+    assert len(frozen) > 10
+    for name, param in model.named_parameters():
+        if name in frozen:
+            assert not param.requires_grad and param.grad is None, name
+    assert model.vision_transformer.transformer.resblocks[1].attn.in_proj_weight.grad.abs().sum() > 0
+    assert model.text_transformer.encoder.layer[0].attention.self.query.weight.grad.abs().sum() > 0
+
+
+def test_load_finetuned_picks_the_finetuned_checkpoint_over_the_pretrained_one(tiny, tmp_path):
+    """LAVIS's ``finetuned`` with ``load_finetuned: true`` (default false) loads that checkpoint instead of
+    ``pretrained``; without it, ``pretrained`` loads."""
+    checkpoints = {}
+    for name, shift in (("pretrained", 1.0), ("finetuned", 2.0)):
+        source = tiny("glscl_pretrain")
+        with torch.no_grad():
+            source.itm_score.fc.weight.add_(shift)
+        checkpoints[name] = source.itm_score.fc.weight.detach().clone()
+        torch.save({"model": source.state_dict()}, tmp_path / f"{name}.pth")
+    paths = {"pretrained": str(tmp_path / "pretrained.pth"), "finetuned": str(tmp_path / "finetuned.pth")}
+    finetuned = tiny("glscl_pretrain", **paths, load_finetuned=True)
+    assert torch.equal(finetuned.itm_score.fc.weight, checkpoints["finetuned"])
+    pretrained = tiny("glscl_pretrain", **paths, load_finetuned=False)
+    assert torch.equal(pretrained.itm_score.fc.weight, checkpoints["pretrained"])

@@ -12,6 +12,7 @@ from transformers.models.bert.modeling_bert import BertLayer
 from lavis_glscl.models.layers.vision_transformer import VisionTransformer
 from lavis_glscl.models.weights import load_clip_vision, load_hf_clip_vision
 from lavis_glscl.paths import resolve_local_model_dir
+from lavis_glscl.serialization import UntrustedCheckpointError
 from lavis_glscl.typed_options import ConfigError
 
 
@@ -238,3 +239,30 @@ def test_vision_init_refuses_weights_that_fill_too_little_of_the_vit(tiny, tmp_p
         tiny("glscl_pretrain", vision_init={"path": str(tmp_path / "conv-only.pth")})
     model = tiny("glscl_pretrain", vision_init={"path": str(tmp_path / "conv-only.pth"), "min_coverage": 0.0})
     assert model.vision_transformer.conv1.weight.abs().sum() == 0
+
+
+class NotOnTheAllowList:
+    """An object no weights file needs: reading a file that holds one runs code, so only a trusted file loads."""
+
+
+@torch.no_grad()
+def test_vision_init_format_hf_and_trust_checkpoint_reach_the_vit(tiny, tmp_path):
+    """``vision_init.format: hf`` (default ``openai``) reads a local ``CLIPVisionModel`` directory into the ViT, which
+    then computes HF's hidden states; ``vision_init.trust_checkpoint: true`` (default false) loads an OpenAI-layout
+    file that also holds an object outside the allow-list, which is refused without it."""
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=32, patch_size=8, hidden_act="quick_gelu")
+    torch.manual_seed(5)
+    reference = CLIPVisionModel(config).eval()
+    reference.save_pretrained(tmp_path / "hf")
+    model = tiny("glscl_pretrain", vision_init={"path": str(tmp_path / "hf"), "format": "hf"}).eval()
+    pixels = torch.randn(1, 3, 32, 32)
+    expected = reference.vision_model.post_layernorm(reference(pixel_values=pixels).last_hidden_state)
+    torch.testing.assert_close(model.vision_transformer(pixels.unsqueeze(1)), expected, atol=1e-5, rtol=1e-4)
+
+    _, state = openai_visual(layers=2)
+    torch.save({**state, "note": NotOnTheAllowList()}, tmp_path / "openai.pth")
+    with pytest.raises(UntrustedCheckpointError, match="trust_checkpoint"):
+        tiny("glscl_pretrain", vision_init={"path": str(tmp_path / "openai.pth")})
+    trusted = tiny("glscl_pretrain", vision_init={"path": str(tmp_path / "openai.pth"), "trust_checkpoint": True})
+    assert torch.equal(trusted.vision_transformer.conv1.weight, state["visual.conv1.weight"])

@@ -98,3 +98,23 @@ def test_nlvr_run_yamls_name_their_required_values_and_build(lavis_glscl, projec
     assert wanted <= set(builder.config.build_info.annotations)
     size = dataset_cfg.vis_processor.eval.image_size
     assert size == model_config.vision.image_size == dataset_cfg.vis_processor.train.image_size
+
+
+def test_vqav2_yaml_is_the_released_recipe_on_lavis_coco_vqa(lavis_glscl):
+    """Section 7 of the released recipe: 384 px, lr 5e-6, fusion x10, classifier x50, 10 epochs, 10 % warm-up, a
+    global batch of 512, RandAugment(2, 9) without flips; the classifier's answers are LAVIS's answer list."""
+    from omegaconf import OmegaConf
+
+    from lavis_glscl.paths import run_config_path
+
+    cfg = OmegaConf.load(run_config_path("projects/glscl/finetune/vqav2.yaml"))
+    model, run, (name, dataset), = cfg.model, cfg.run, *cfg.datasets.items()
+    assert (model.arch, model.model_type, model.vision.image_size) == ("glscl_vqa", "base", 384)
+    assert dict(model.lr_scales) == {"cross_modal_": 10.0, "vqa_classifier": 50.0}
+    assert float(run.init_lr) == 5e-6 and run.warmup_ratio == 0.1 and run.max_epoch == 10 and run.task == "vqa"
+    assert run.batch_size_train * run.accum_grad_iters * 8 == 512  # 8 GPUs, as the README's torchrun line
+    assert name == "coco_vqa" and model.answer_list == "coco/annotations/answer_list.json"
+    train_processor = dataset.vis_processor.train
+    assert (train_processor.image_size, list(train_processor.rand_augment), train_processor.hflip_prob) == \
+        (384, [2, 9], 0.0)
+    assert OmegaConf.is_missing(model, "pretrained") and OmegaConf.is_missing(model.text, "path")

@@ -1,6 +1,7 @@
 """Every packaged project yaml builds: run yamls name registered parts and configure them as they accept, compare rows
 build from their base yaml and tests."""
 import inspect
+import os
 
 import numpy as np
 import pytest
@@ -93,15 +94,18 @@ def assert_processor_applies_its_options(cfg, sample, where: str) -> None:
 
 @pytest.mark.parametrize("project", [p for p in PROJECT_YAMLS if p not in COMPARE_YAMLS])
 def test_every_project_run_yaml_names_registered_parts_and_builds_its_config(lavis_glscl, project,
-                                                                              processor_samples, monkeypatch):
+                                                                              processor_samples, monkeypatch,
+                                                                              recorded_cached_runs):
     """Each run yaml, its required values given, builds a complete config whose model options the model accepts,
     whose runner, scheduler and task resolve, whose builders accept their dataset configs and provide the run's
-    splits, and whose processors take their options and produce the configured sizes."""
+    splits, and whose processors take their options and produce the configured sizes; a ``${cached_run:...}`` names
+    a packaged run yaml (recorded, not trained)."""
     from lavis.common.registry import registry
     from lavis.tasks import setup_task
 
     cfg = config_with_placeholders(str(paths.PROJECT_DIR / project))
     OmegaConf.to_container(cfg.config, resolve=True, throw_on_missing=True)  # nothing unset, no broken ${...}
+    assert all(os.path.isfile(paths.run_config_path(stage)) for stage in recorded_cached_runs), recorded_cached_runs
     model, run = cfg.model_cfg, cfg.run_cfg
     check_model_options(registry.get_model_class(model.arch), model, monkeypatch)
     assert registry.get_runner_class(run.get("runner", launch.DEFAULT_RUNNER))

@@ -232,3 +232,203 @@ def test_runner_mixes_shards_with_map_style_data_in_proportion(lavis_glscl, tmp_
     torch.testing.assert_close(runner.train_loader.ratios, torch.tensor([len(d) / 48 for d in datasets]))
     assert drawn == [kinds[index] for index in runner.train_loader.dataset_schedule(0)]
     assert set(drawn) == {"shards", "files"}
+
+
+def record_batches(runner, monkeypatch):
+    """The captions of every batch the runner's model is called on, recorded in order."""
+    model = runner.unwrap_dist_model(runner.model)
+    forward, seen = model.forward, []
+
+    def recording_forward(samples, *args, **kwargs):
+        seen.append(list(samples["text_input"]))
+        return forward(samples, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
+    return seen
+
+
+def test_optimizer_and_schedule_run_options_reach_adamw_and_every_steps_lr(run_yaml, tmp_path, monkeypatch):
+    """``beta2``, ``adam_eps``, ``weight_decay`` in AdamW's groups; ``lr_sched: glscl_warmup_linear`` over ``max_epoch``
+    2 x ``iters_per_epoch`` 4 = 8 steps, warming up from ``warmup_lr`` 1e-4 to ``init_lr`` 2e-3 over ``warmup_ratio``
+    0.25 of them (2 steps), then down towards ``min_lr`` 1e-5 at step 8; ``batch_size_train`` 3 captions per step; on
+    the ``device`` and under the ``output_dir`` named.  Each value differs from its default and the tiny yaml's."""
+    runner = tiny_runner(run_yaml(run={"beta2": 0.95, "adam_eps": 1e-6, "weight_decay": 0.05, "init_lr": 2e-3,
+                                       "min_lr": 1e-5, "warmup_lr": 1e-4, "warmup_ratio": 0.25, "max_epoch": 2,
+                                       "iters_per_epoch": 4, "batch_size_train": 3, "lr_sched": "glscl_warmup_linear",
+                                       "device": "cpu"}), tmp_path)
+    seen = record_batches(runner, monkeypatch)
+    runner.train()
+    groups = runner.optimizer.param_groups
+    assert all(group["betas"] == (0.9, 0.95) and group["eps"] == 1e-6 for group in groups)
+    assert {group["weight_decay"] for group in groups} == {0.05, 0.0}
+    records = read_log_records(tmp_path, "train_step")
+    steps = [(r["train_step_epoch"], r["train_step_iter"]) for r in records]
+    assert steps == [(epoch, step) for epoch in (0, 1) for step in range(4)]
+    expected = [1e-4, 1e-4 + (2e-3 - 1e-4) / 2] + [2e-3 - (2e-3 - 1e-5) * k / 6 for k in range(6)]
+    assert [r["train_step_lr"] for r in records] == pytest.approx(expected, rel=1e-9)
+    assert [len(captions) for captions in seen] == [3] * 8
+    assert runner.device.type == "cpu" and all(p.device.type == "cpu" for p in runner.model.parameters())
+    assert runner.output_dir.parent == tmp_path.resolve()
+
+
+def test_amp_with_bfloat16_runs_each_step_under_autocast_in_bfloat16(run_yaml, tmp_path, monkeypatch):
+    """``amp: true`` with ``amp_dtype: bfloat16`` (default float16): the model's forward runs under CPU autocast in
+    bfloat16; without ``amp`` under no autocast."""
+    states = {}
+    for amp in (True, False):
+        options = {"iters_per_epoch": 1, "amp": amp, "amp_dtype": "bfloat16"}
+        runner = tiny_runner(run_yaml(run=options), tmp_path / str(amp))
+        model = runner.unwrap_dist_model(runner.model)
+        forward = model.forward
+
+        def recording_forward(samples, *args, forward=forward, amp=amp, **kwargs):
+            states[amp] = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+            return forward(samples, *args, **kwargs)
+
+        monkeypatch.setattr(model, "forward", recording_forward)
+        runner.train()
+    assert states[True] == (True, torch.bfloat16)
+    assert states[False][0] is False
+
+
+def test_keep_last_checkpoints_prunes_older_epoch_checkpoints(run_yaml, tmp_path):
+    """``keep_last_checkpoints: 1`` (default: keep all): after 3 epochs only the last epoch's checkpoint is left."""
+    tiny_runner(run_yaml(run={"max_epoch": 3, "iters_per_epoch": 1, "keep_last_checkpoints": 1}), tmp_path).train()
+    assert sorted(path.name for path in tmp_path.rglob("checkpoint_*.pth")) == ["checkpoint_2.pth"]
+
+
+def test_evaluate_true_trains_nothing(run_yaml, tmp_path):
+    """``evaluate: true`` (default false): no training step, no checkpoint, the weights as built."""
+    runner = tiny_runner(run_yaml(run={"iters_per_epoch": 2, "evaluate": True}), tmp_path)
+    before = {name: value.clone() for name, value in runner.unwrap_dist_model(runner.model).state_dict().items()}
+    runner.train()
+    after = runner.unwrap_dist_model(runner.model).state_dict()
+    assert all(torch.equal(after[name], value) for name, value in before.items())
+    assert not list(tmp_path.rglob("checkpoint_*.pth"))
+    assert "train_step" not in next(tmp_path.rglob("log.txt")).read_text()
+
+
+def test_run_seed_sets_the_training_batches(run_yaml, tmp_path):
+    """``seed``: the same seed gives the same first batches, another seed other ones."""
+    def first_batches(seed, name):
+        loader = tiny_runner(run_yaml(run={"seed": seed, "iters_per_epoch": 3}), tmp_path / name).train_loader
+        return [batch["text_input"] for batch in loader.epoch(0)]
+
+    assert first_batches(3, "a") == first_batches(3, "b")
+    assert first_batches(3, "c") != first_batches(11, "d")
+
+
+def test_log_freq_logs_every_nth_step_and_the_last(run_yaml, tmp_path):
+    """``log_freq: 3`` over 5 steps: steps 0 and 3, and the epoch's last step, 4."""
+    from lavis_glscl import launch
+
+    args = launch.parse_args("test", ["--cfg-path", str(run_yaml(run={"iters_per_epoch": 5, "log_freq": 3})),
+                                      "--options", f"run.output_dir={tmp_path / 'run'}", "run.test_splits=[]"])
+    launch.build_runner(launch.setup(args)).train()
+    assert [r["train_step_iter"] for r in read_log_records(tmp_path / "run", "train_step")] == [0, 3, 4]
+
+
+def test_split_options_choose_what_the_runner_trains_validates_and_tests(run_yaml, tmp_path):
+    """``train_splits``, ``valid_splits`` and ``test_splits`` (each empty by default): one step on ``train``, a
+    validation of ``val`` after the epoch, the test figures of ``test``."""
+    from lavis_glscl import launch
+
+    cfg = run_yaml(datasets={"shapes_demo": {"generator": {"num_val": 4}}},
+                   run={"iters_per_epoch": 1, "train_splits": ["train"], "valid_splits": ["val"],
+                        "test_splits": ["test"]})
+    args = launch.parse_args("test", ["--cfg-path", str(cfg), "--options", f"run.output_dir={tmp_path}"])
+    runner = launch.build_runner(launch.setup(args))
+    runner.train()
+    assert len(read_log_records(tmp_path, "train_step")) == 1
+    assert len(read_log_records(tmp_path, "val_agg_metrics")) == 1
+    assert set(runner.test_results) == {"test"}
+
+
+def test_ddp_and_loader_options_reach_the_wrapped_model_and_the_loaders(run_yaml, tmp_path, one_process_group):
+    """Under a process group: ``find_unused_parameters: true`` reaches DDP (default false); ``use_dist_eval_sampler:
+    true`` gives the test split a distributed sampler (the tiny yaml's false: none); ``batch_size_eval`` 3 and
+    ``num_workers`` 2 reach the loaders (the tiny yaml's 4 and 0, LAVIS's default 4 workers)."""
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DistributedSampler
+
+    from lavis_glscl import launch
+
+    def runner_of(name, **run):
+        cfg = run_yaml(run={"iters_per_epoch": 1, **run})
+        args = launch.parse_args("test", ["--cfg-path", str(cfg), "--options", f"run.output_dir={tmp_path / name}"])
+        return launch.build_runner(launch.setup(args))
+
+    runner = runner_of("set", find_unused_parameters=True, use_dist_eval_sampler=True, batch_size_eval=3,
+                       num_workers=2, batch_size_train=2)
+    assert isinstance(runner.model, DistributedDataParallel) and runner.model.find_unused_parameters
+    test_loader = runner.dataloaders["test"]
+    assert isinstance(test_loader.sampler, DistributedSampler)
+    assert (test_loader.batch_size, test_loader.num_workers) == (3, 2)
+    assert (runner.dataloaders["train"].num_workers, runner.dataloaders["train"].batch_size) == (2, 2)
+    plain = runner_of("plain")
+    assert not plain.model.find_unused_parameters and not isinstance(plain.dataloaders["test"].sampler,
+                                                                      DistributedSampler)
+
+
+def test_warmup_steps_and_lr_decay_rate_reach_the_scheduler(run_yaml, tmp_path):
+    """``warmup_steps: 3`` (default 0) outlasts the tiny yaml's ``warmup_ratio`` (0.5 of 6 steps would be 3 too, so
+    0.2 here: 1 step): 0, 1/3, 2/3 of ``init_lr`` 1e-3, then linear to 0 at step 6.  ``lr_decay_rate: 0.5``
+    (LAVIS's default 1) halves LAVIS's step schedule each epoch: 1e-3, 5e-4, 2.5e-4."""
+    tiny_runner(run_yaml(run={"iters_per_epoch": 6, "warmup_steps": 3, "warmup_ratio": 0.2}), tmp_path / "a").train()
+    lrs = [r["train_step_lr"] for r in read_log_records(tmp_path / "a", "train_step")]
+    assert lrs == pytest.approx([0.0, 1e-3 / 3, 2e-3 / 3, 1e-3, 2e-3 / 3, 1e-3 / 3], rel=1e-9, abs=1e-15)
+    tiny_runner(run_yaml(run={"lr_sched": "linear_warmup_step_lr", "lr_decay_rate": 0.5, "max_epoch": 3,
+                              "iters_per_epoch": 1}), tmp_path / "b").train()
+    lrs = [r["train_step_lr"] for r in read_log_records(tmp_path / "b", "train_step")]
+    assert lrs == pytest.approx([1e-3, 5e-4, 2.5e-4], rel=1e-9)
+
+
+def test_run_task_and_runner_name_the_registered_classes_that_are_built(run_yaml, tmp_path, monkeypatch):
+    """``run.task: glscl_retrieval`` (the tiny yaml's: LAVIS's ``retrieval``) and ``run.runner: runner_base``
+    (default ``runner_glscl``) build those registered classes."""
+    from lavis.common.registry import registry
+    from lavis.runners.runner_base import RunnerBase
+    from lavis.tasks.retrieval import RetrievalTask
+
+    from lavis_glscl import launch
+    from lavis_glscl.runners.runner import RunnerGlscl
+    from lavis_glscl.tasks import GlsclRetrievalTask
+
+    def runner_of(name, **run):
+        args = launch.parse_args("test", ["--cfg-path", str(run_yaml(run=run)), "--options",
+                                          f"run.output_dir={tmp_path / name}"])
+        return launch.build_runner(launch.setup(args))
+
+    ours = runner_of("ours", task="glscl_retrieval")
+    assert type(ours.task) is GlsclRetrievalTask and type(ours) is RunnerGlscl
+    # LAVIS's runner registers its run directories once per process
+    monkeypatch.setitem(registry.mapping, "paths", {key: value for key, value in registry.mapping["paths"].items()
+                                                    if key not in ("result_dir", "output_dir")})
+    lavis = runner_of("lavis", runner="runner_base")
+    assert type(lavis) is RunnerBase and type(lavis.task) is RetrievalTask
+
+
+def test_the_best_checkpoint_holds_plain_numbers_and_is_reloaded_by_the_safe_reader(run_yaml, tmp_path, monkeypatch):
+    """LAVIS's classification task reports ``agg_metrics`` as a numpy scalar: the best checkpoint stores a float (a
+    numpy scalar is not data the safe reader takes), and the test split reloads it through that reader."""
+    import numpy as np
+
+    from lavis_glscl import launch
+    from lavis_glscl.runners import state
+    from lavis_glscl.serialization import read_checkpoint
+
+    cfg = run_yaml(datasets={"shapes_demo": {"generator": {"num_val": 4}}},
+                   run={"iters_per_epoch": 1, "train_splits": ["train"], "valid_splits": ["val"],
+                        "test_splits": ["test"]})
+    args = launch.parse_args("test", ["--cfg-path", str(cfg), "--options", f"run.output_dir={tmp_path}"])
+    runner = launch.build_runner(launch.setup(args))
+    evaluate = type(runner.task).after_evaluation
+    monkeypatch.setattr(type(runner.task), "after_evaluation", lambda task, *args, **kwargs: {
+        key: np.float64(value) + 1.0 if key == "agg_metrics" else value
+        for key, value in evaluate(task, *args, **kwargs).items()})
+    read = []
+    monkeypatch.setattr(state, "read_checkpoint", lambda path, *args: read.append(path) or read_checkpoint(path, *args))
+    runner.train()
+    (best,) = tmp_path.rglob("checkpoint_best.pth")
+    assert type(read_checkpoint(str(best))["best"]["agg_metrics"]) is float
+    assert read == [str(best)]

@@ -132,3 +132,43 @@ def test_itc_group_detach_text_trains_only_the_visual_side_with_the_group_term(t
     assert any(attached[name] is not None and attached[name].abs().sum() > 0 for name in text_names)
     for name in vision_names:
         assert torch.allclose(detached[name], attached[name], atol=1e-7), name
+
+
+def test_fixed_group_temperature_replaces_itcs_learnable_one_in_both_group_terms(tiny):
+    """``group_contrast.temperature``: a fixed 0.2 (ITC's learnable temperature is 0.07) divides the group logits and
+    the text hinge; a model that ignored it would use 0.07 and give other values."""
+    tau = 0.2
+    model = tiny("glscl_pretrain", dropout=False, loss_weights={"itc": 1.0},
+                 group_contrast={"weight": 1.0, "temperature": tau, "text_margin": -1.0})
+    assert model.cl_temp.item() == pytest.approx(0.07)
+    out = model({**tiny_batch(batch_size=4, frames=2, seed=5), "batch_group_size": 2})
+    image = F.normalize(out.intermediate_output.image_feat.detach(), dim=-1).tolist()
+    text = F.normalize(out.intermediate_output.text_feat.detach(), dim=-1).tolist()
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    by_image = by_text = hinge = 0.0
+    for first in (0, 2):
+        sim = [[dot(image[first + i], text[first + j]) / tau for j in range(2)] for i in range(2)]
+        by_image += sum(ce(sim[i], i) for i in range(2))
+        by_text += sum(ce([sim[i][j] for i in range(2)], j) for j in range(2))
+        hinge += dot(text[first], text[first + 1]) + 1.0  # margin -1: every cosine is above it
+    assert out.loss_itc_group.item() == pytest.approx((by_image + by_text) / 4, rel=1e-5)
+    assert out.loss_itc_group_text.item() == pytest.approx(hinge / 2 / tau, rel=1e-5)
+
+
+def test_group_text_margin_of_zero_hinges_every_positive_cosine_by_hand(tiny):
+    """``group_contrast.text_margin: 0``: a margin, not "no margin": the hinge counts every positive cosine of a group's
+    captions (a falsy check would drop the term).  By hand on unit texts at angles, and inside a step."""
+    angles = [0.0, 0.5, 2.0, 0.1, 1.3, 3.0]  # group cosines cos(a - b): 0.878, -0.416, -0.129 | 0.362, -0.946, -0.600
+    unit = torch.tensor([[math.cos(a), math.sin(a)] for a in angles])
+    positive = [max(math.cos(angles[g + i] - angles[g + j]), 0.0)
+                for g in (0, 3) for i in range(3) for j in range(3) if i != j]
+    assert group_text_separation_loss(unit, 3, 0.0, 0.5).item() == pytest.approx(sum(positive) / 12 / 0.5, rel=1e-6)
+
+    model = tiny("glscl_pretrain", dropout=False, loss_weights={"itc": 1.0},
+                 group_contrast={"weight": 1.0, "text_margin": 0.0})
+    out = model({**tiny_batch(batch_size=6, frames=2, seed=8), "batch_group_size": 2})
+    assert out.loss_itc_group_text is not None
+    text = F.normalize(out.intermediate_output.text_feat.detach(), dim=-1).tolist()
+    cosines = [sum(x * y for x, y in zip(text[first], text[first + 1])) for first in (0, 2, 4)]
+    expected = sum(max(c, 0.0) for c in cosines) / 3 / model.cl_temp.item()
+    assert out.loss_itc_group_text.item() == pytest.approx(expected, rel=1e-5, abs=1e-7)

@@ -173,3 +173,28 @@ def test_glscl_nlvr_trains_two_steps_and_lavis_multimodal_classification_scores_
                                     "text_input": [item["sentence"] for item in items]})
     truth = torch.tensor([item["label"] == "True" for item in items])
     assert evaluation["test"]["acc"] == pytest.approx(float((logits.argmax(dim=1).bool() == truth).float().mean()))
+
+
+def test_a_freshly_built_nlvr_model_has_the_right_images_token_type_started_from_the_image_row(tiny):
+    """Built from scratch (no checkpoint): three token-type rows, the right image's (2) starting as the image row (1),
+    as the released NLVR2 fine-tuning starts it, not as a fresh random row; once it differs, the right image's tokens
+    and only they carry it: the pair logits equal the classifier on the left image fused as type 1 and the right image
+    fused as type 1 with the two rows' difference added to every right-image token."""
+    model = tiny("glscl_nlvr", dropout=False)
+    rows = model.token_type_embeddings.weight
+    assert rows.shape[0] == 3
+    assert torch.equal(rows[2], rows[1]) and not torch.equal(rows[1], rows[0])
+    batch = nlvr_batch(seed=4)
+    with torch.no_grad():
+        before = model.pair_logits(batch)
+        rows[2].normal_()
+        after = model.pair_logits(batch)
+        text = model.tokenize(batch["text_input"])
+        text_tokens = model.encode_text(text.input_ids, text.attention_mask)
+        left = model.encode_image(batch["image0"].unsqueeze(1))
+        right = model.encode_image(batch["image1"].unsqueeze(1))
+        left_fused = model.fuse(text_tokens, text.attention_mask, left, 1)
+        right_fused = model.fuse(text_tokens, text.attention_mask, right + rows[2] - rows[1], 1)
+        expected = model.nlvr_classifier(torch.cat([left_fused.cls_feats, right_fused.cls_feats], dim=-1))
+    assert not torch.allclose(before, after, atol=1e-4)
+    torch.testing.assert_close(after, expected, atol=1e-5, rtol=1e-4)

@@ -471,3 +471,114 @@ def test_partner_negatives_refuse_group_partners_sharing_an_image_id(tiny):
     batch = {**tiny_batch(batch_size=4, frames=2), "batch_group_size": 2, "image_id": torch.tensor([0, 0, 1, 1])}
     with pytest.raises(ValueError, match="share an image_id"):
         model(batch)
+
+
+@pytest.mark.parametrize("itm_negatives, frames, group_size", [("hard", None, 1), ("partner", 2, 2)],
+                         ids=["hard", "partner"])
+def test_itm_negative_rows_fuse_their_caption_with_that_captions_own_padding_mask(tiny, itm_negatives, frames,
+                                                                                  group_size):
+    """``itm_negatives: hard`` and ``partner`` with captions of different token lengths: every one of the 3B fused
+    rows carries the padding mask of the caption it fuses (ones over that caption's tokens, as the tokenizer counts
+    them for the caption alone), and its fused output equals fusing that caption alone, unpadded, with the row's
+    image tokens.  A negative row that kept its own caption's mask would attend to padding or miss tokens."""
+    model = tiny("glscl_pretrain", dropout=False, itm_negatives=itm_negatives, loss_weights={"itm": 1.0})
+    trace = Trace(model)
+    batch = {**tiny_batch(batch_size=6, frames=frames, seed=6), "batch_group_size": group_size}
+    model(batch)
+    (fusion,), (own_texts,) = trace.fusions, trace.texts
+    lengths = [model.tokenize([caption]).attention_mask.shape[1] for caption in batch["text_input"]]
+    text_of_row = match_rows(fusion.args["text_tokens"], own_texts.out, tolerance=1e-6).tolist()
+    padded = fusion.args["text_mask"].shape[1]
+    assert len(set(lengths)) > 2 and padded == max(lengths)
+    own_caption = list(range(6)) * 3
+    assert any(lengths[text_of_row[row]] != lengths[own_caption[row]] for row in range(12, 18)), \
+        "some negative caption must differ in length from the row's own"
+    for row, caption in enumerate(text_of_row):
+        length = lengths[caption]
+        assert fusion.args["text_mask"][row].tolist() == [1] * length + [0] * (padded - length), row
+        with torch.no_grad():
+            alone = model.fuse(own_texts.out[caption:caption + 1, :length], torch.ones(1, length, dtype=torch.long),
+                               fusion.args["image_tokens"][row:row + 1], fusion.args["num_frames"])
+        torch.testing.assert_close(fusion.out.cls_feats[row:row + 1].detach(), alone.cls_feats, atol=1e-5, rtol=1e-4)
+
+
+def test_completion_mask_ratios_temperatures_and_exact_text_masking_follow_their_options(tiny):
+    """MGSC and MLTC away from the released values, on images: P1 keeps int(16 * (1 - 0.5)) = 8 patches
+    (``mgsc_image_mask_ratio`` 0.5; 0.8 keeps 3), P3 masks int(16 * 0.75) = 12 (``mltc_image_mask_ratio``; 0.3 masks
+    4), P2 masks exactly min(n, int(n * 0.9) + 1) of a caption's n maskable tokens, here all of them
+    (``mgsc_text_mask_ratio`` 0.9, ``mgsc_text_mask_with_replacement: false``; as many draws with replacement repeat
+    some positions and leave others), and the losses are
+    NormSoftmax at ``mgsc_temperature`` 0.5 and ``mltc_temperature`` 0.2 (released: 0.03)."""
+    model = tiny("glscl_pretrain", dropout=False, loss_weights={"mgsc": 1.0, "mltc": 1.0}, mgsc_image_mask_ratio=0.5,
+                 mltc_image_mask_ratio=0.75, mgsc_text_mask_ratio=0.9, mgsc_text_mask_with_replacement=False,
+                 mgsc_temperature=0.5, mltc_temperature=0.2)
+    trace = Trace(model)
+    batch = tiny_batch(batch_size=6, seed=1)
+    out = model(batch)
+    ids, _, maskable = hf_text(model, batch["text_input"], typed_config("glscl_pretrain").text.max_length)
+    (p1_image,) = [call for call in trace.images if call.args["keep_indices"] is not None]
+    (p3_image,) = [call for call in trace.images if call.args["token_mask"] is not None]
+    (p2_text,) = [call for call in trace.texts if not torch.equal(call.args["input_ids"], ids)]
+    assert p1_image.args["keep_indices"].shape == (6, 8)
+    token_mask = p3_image.args["token_mask"]
+    assert token_mask.sum(dim=1).tolist() == [12] * 6
+    changed = p2_text.args["input_ids"] != ids
+    assert changed.sum(dim=1).tolist() == [min(n, int(n * 0.9) + 1) for n in maskable.sum(dim=1).tolist()]
+    passes = {}
+    for call in trace.fusions:
+        image, text = source(trace.images, call.args["image_tokens"]), source(trace.texts, call.args["text_tokens"])
+        name = "p1" if image is p1_image else "p3" if image is p3_image else "p2" if text is p2_text else "?"
+        passes[name] = call.out
+    p1, p2, p3 = passes["p1"], passes["p2"], passes["p3"]
+    assert set(passes) == {"p1", "p2", "p3"}
+    expected = {"loss_mgsc_image": nsl(p1.image_feats[:, 0], p2.image_feats[:, 0], 0.5),
+                "loss_mgsc_text": nsl(p2.text_feats[:, 0], p1.text_feats[:, 0], 0.5),
+                "loss_mltc_text": nsl(p2.text_feats[changed], p1.text_feats[changed], 0.2),
+                "loss_mltc_image": nsl(p3.image_feats[:, 1:][token_mask], p2.image_feats[:, 1:][token_mask], 0.2)}
+    for key, value in expected.items():
+        assert out[key].item() == pytest.approx(value.item(), rel=1e-5), key
+
+
+def test_mlm_probability_sets_how_many_maskable_tokens_of_each_caption_are_selected(tiny):
+    """``mlm_probability: 0.5`` (released 0.15): each caption has max(1, round(0.5 n)) of its n maskable tokens
+    selected, the positions the MLM loss sends a gradient to."""
+    model = tiny("glscl_pretrain", dropout=False, loss_weights={"mlm": 1.0}, mlm_probability=0.5)
+    trace = Trace(model)
+    batch = tiny_batch(batch_size=8, seed=2)
+    out = model(batch)
+    _, _, maskable = hf_text(model, batch["text_input"], typed_config("glscl_pretrain").text.max_length)
+    (fusion,) = trace.fusions
+    counts = gradient_positions(out.loss_mlm, fusion.out.text_feats).sum(dim=1).tolist()
+    assert counts == [max(1, round(0.5 * n)) for n in maskable.sum(dim=1).tolist()]
+    assert max(counts) >= 4
+
+
+def test_mask_seed_chooses_the_steps_masks(tiny):
+    """``mask_seed``: the same seed gives the same kept patches and MLTC mask at the same step, another seed (the
+    default 0 here) other ones."""
+    batch = tiny_batch(batch_size=6, seed=3)
+
+    def masks(**options):
+        model = tiny("glscl_pretrain", dropout=False, loss_weights={"mgsc": 1.0, "mltc": 1.0}, **options)
+        trace = Trace(model)
+        model(batch)
+        (keep,) = [call.args["keep_indices"] for call in trace.images if call.args["keep_indices"] is not None]
+        (token_mask,) = [call.args["token_mask"] for call in trace.images if call.args["token_mask"] is not None]
+        return keep, token_mask
+
+    seeded, again, default = masks(mask_seed=5), masks(mask_seed=5), masks()
+    assert all(torch.equal(a, b) for a, b in zip(seeded, again))
+    assert not torch.equal(seeded[0], default[0]) and not torch.equal(seeded[1], default[1])
+
+
+def test_video_layout_cthw_reads_channel_first_video_batches_as_the_same_clips(tiny):
+    """``video_layout: cthw`` (LAVIS's ALPRO processors batch videos as [B, 3, F, H, W]): the same clips batched
+    channel-first give the losses the default layout gives them frame-first."""
+    batch = tiny_batch(batch_size=4, frames=2, seed=4)
+    frames_first = loss_values(tiny("glscl_pretrain", dropout=False)(batch))
+    channels_first = {**batch, "video": batch["video"].transpose(1, 2).contiguous()}
+    assert channels_first["video"].shape == (4, 3, 2, 32, 32)
+    read = loss_values(tiny("glscl_pretrain", dropout=False, video_layout="cthw")(channels_first))
+    assert read.keys() == frames_first.keys()
+    for key, value in frames_first.items():
+        assert read[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key

@@ -1,6 +1,7 @@
 """``glscl_vqa``: soft answer targets and predictions over the answer list."""
 import pytest
 import torch
+from lavis_layouts import write_coco_vqa
 
 
 def test_vqa_soft_targets_and_prediction(lavis_glscl):
@@ -23,3 +24,9 @@ def test_vqa_soft_targets_and_prediction(lavis_glscl):
     assert model.predict_answers(samples, answer_list=["yes", "no"])[0] in ("yes", "no")
     with pytest.raises(ValueError, match="answer_list"):
         GlsclVqa.from_config(OmegaConf.merge(cfg, {"answer_list": None}))
+
+
+def test_glscl_vqa_answers_are_lavis_answer_list_under_cache_root(lavis_glscl, tiny):
+    write_coco_vqa()
+    model = tiny("glscl_vqa", answer_list="coco/annotations/answer_list.json")
+    assert model.answers == ["red", "blue", "yes", "no"] and model.vqa_classifier[-1].out_features == 4

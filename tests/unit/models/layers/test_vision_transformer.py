@@ -3,11 +3,12 @@ embedding, and position and temporal embeddings resized on loading."""
 import pytest
 import torch
 from direction_probe import DotClips
+from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from lavis_glscl.models.layers.vision_transformer import (
     VisionTransformer,
-    frame_attention_mask,
+    frame_attention,
     hf_clip_vision_to_openai,
     resize_position_embedding,
 )
@@ -43,18 +44,54 @@ def test_matches_hf_clip_vision_model_after_conversion(tmp_path):
                                atol=1e-5, rtol=1e-4)
 
 
-def test_frame_attention_mask_pattern():
-    blocked = frame_attention_mask(num_frames=2, tokens_per_frame=3)
-    allowed = (~blocked).int().tolist()
-    assert allowed == [
-        [1, 1, 1, 1, 1, 1],  # frame 0 CLS: everything
-        [1, 1, 1, 0, 0, 0],  # frame 0 patches: frame 0 only
-        [1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 1, 1],  # frame 1 CLS: everything
-        [0, 0, 0, 1, 1, 1],
-        [0, 0, 0, 1, 1, 1],
-    ]
-    assert frame_attention_mask(1, 5) is None
+def blocked_outside_own_frame(frames: int, per_frame: int) -> torch.Tensor:
+    """The pattern as a mask over the frame-major sequence, True where attention is blocked: a CLS row (each frame's
+    first token) sees everything, a patch row only its own frame."""
+    positions = torch.arange(frames * per_frame)
+    frame, is_cls = positions // per_frame, positions % per_frame == 0
+    return ~((frame.unsqueeze(1) == frame.unsqueeze(0)) | is_cls.unsqueeze(1))
+
+
+@pytest.mark.parametrize("frames, per_frame", [(2, 5), (3, 17), (4, 4)])
+def test_frame_attention_equals_masked_attention_over_the_whole_sequence(frames, per_frame):
+    torch.manual_seed(frames)
+    attention = nn.MultiheadAttention(32, 4, batch_first=True)
+    tokens = torch.randn(3, frames * per_frame, 32, requires_grad=True)
+    reference = attention(tokens, tokens, tokens, attn_mask=blocked_outside_own_frame(frames, per_frame),
+                          need_weights=False)[0]
+    computed = frame_attention(attention, tokens, frames)
+    torch.testing.assert_close(computed, reference, atol=1e-6, rtol=1e-5)
+    gradient = torch.autograd.grad(computed.square().sum(), tokens)[0]
+    torch.testing.assert_close(gradient, torch.autograd.grad(reference.square().sum(), tokens)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_patch_sees_its_own_frame_only_and_a_frame_cls_sees_every_frame():
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(16, 2, batch_first=True)
+    tokens = torch.randn(1, 3 * 4, 16)
+    changed = tokens.clone()
+    changed[:, 8:] += 1.0  # the third frame only
+    before, after = frame_attention(attention, tokens, 3), frame_attention(attention, changed, 3)
+    assert torch.equal(before[:, 1:4], after[:, 1:4]) and torch.equal(before[:, 5:8], after[:, 5:8])  # patches
+    assert not torch.allclose(before[:, 0], after[:, 0]) and not torch.allclose(before[:, 4], after[:, 4])  # CLS
+
+
+def test_dropped_patches_keep_the_pattern_inside_the_vit():
+    """With MGSC's kept patches (3 of 16 per frame) the ViT's frames are still attended frame by frame."""
+    torch.manual_seed(0)
+    vit = VisionTransformer(image_size=32, patch_size=8, width=32, layers=2, heads=2).eval()
+    video = torch.randn(2, 3, 3, 32, 32)
+    keep = torch.tensor([[0, 5, 9], [1, 2, 15]])
+    changed = video.clone()
+    changed[:, 2] += 1.0  # the third frame
+    out, out_changed = vit(video, keep_indices=keep), vit(changed, keep_indices=keep)
+    # [B, F + F * K, D]: frame CLS tokens first, then each frame's kept patches
+    assert out.shape == (2, 3 + 3 * 3, 32)
+    # the first frame's patches still change: through its CLS, which saw the third frame in the block before
+    assert not torch.allclose(out[:, 3:6], out_changed[:, 3:6])
+    one_block = VisionTransformer(image_size=32, patch_size=8, width=32, layers=1, heads=2).eval()
+    first, first_changed = one_block(video, keep_indices=keep), one_block(changed, keep_indices=keep)
+    torch.testing.assert_close(first[:, 3:6], first_changed[:, 3:6])  # after one block they cannot have seen it
 
 
 def test_a_patch_of_one_frame_reaches_every_frame_cls_but_only_its_own_frame_patches():
