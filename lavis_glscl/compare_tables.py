@@ -66,7 +66,7 @@ def paired_table(rows: List[dict], metrics: List[str]) -> str:
     difference exceeds the seeds' spread."""
     lines = ["| run - baseline | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
     for row in rows:
-        if not row.get("paired"):
+        if all((row.get("paired") or {}).get(metric) is None for metric in metrics):  # (fewer than 2 shared seeds)
             continue
         cells = []
         for metric in metrics:

@@ -7,9 +7,10 @@ The released layout (``huggingface.co/datasets/jiyatai/ALIGN-BENCH``), which the
     pkls/{i}.pkl   {"caption": str,
                     "annotation": {phrase: [{"bbox_mask": [x1, y1, x2, y2], "pixel_mask": bool [H, W]}, ...]}}
 
-The pickles are read with :mod:`pickle`, which runs code a crafted file carries: read only copies you trust.
-Items that cannot be scored (a missing or unreadable image or pickle, a malformed record) are dropped when the
-dataset is built and counted in ``dataset.dropped``, as the other datasets of this package do.
+The pickles are read as data: containers, strings, numbers and numpy arrays, nothing else (a crafted file's code
+does not run; the file counts as an unreadable annotation).  Items that cannot be scored (a missing or unreadable
+image or pickle, a malformed record) are dropped when the dataset is built and counted in ``dataset.dropped``, as the
+other datasets of this package do.
 """
 import functools
 import hashlib
@@ -47,9 +48,25 @@ def item_names(image_dir: str, annotation_dir: str) -> List[str]:
     return sorted(names, key=lambda name: (not name.isdigit(), int(name) if name.isdigit() else 0, name))
 
 
+# The globals a numpy array (the pixel masks) pickles with, under numpy 1.x and 2.x module names (protocol 2 writes
+# its bytes through _codecs.encode)
+NUMPY_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+    (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+
+
+class RecordUnpickler(pickle.Unpickler):
+    """Unpickles what an ALIGN-BENCH record holds and refuses every other global (a function a crafted file calls)."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not data an ALIGN-BENCH annotation holds")
+
+
 def read_record(path: str) -> dict:
     with open(path, "rb") as handle:
-        return pickle.load(handle)
+        return RecordUnpickler(handle).load()
 
 
 def record_problem(record, image_size: Tuple[int, int]) -> Optional[str]:

@@ -77,3 +77,13 @@ def test_paired_difference_with_identical_differences_has_p_0_or_1_and_matches_s
     mean = sum(differences) / 4
     sd = (sum((d - mean) ** 2 for d in differences) / 3) ** 0.5
     assert test["p"] == pytest.approx(2 * stats.t.sf(mean / (sd / 2), df=3), rel=1e-9)
+
+
+def test_the_paired_table_leaves_out_a_row_without_two_shared_seeds():
+    from lavis_glscl.compare_tables import paired_table
+
+    test = {"difference": 2.0, "sd": 1.0, "p": 0.2, "exceeds_spread": False}
+    rows = [{"name": "new", "baseline": "base", "paired": {"r5": test}},
+            {"name": "one seed", "baseline": "base", "paired": {"r5": None}}, {"name": "base"}]
+    assert paired_table(rows, ["r5"]).splitlines()[2:] == ["| new - base | +2.0 ± 1.0 (p 0.20) |"]
+    assert paired_table(rows[1:], ["r5"]) == ""
