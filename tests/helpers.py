@@ -120,6 +120,12 @@ class Trace:
         for name, log in (("encode_image", self.images), ("encode_text", self.texts), ("fuse", self.fusions)):
             setattr(model, name, self._recorder(getattr(model, name), log))
 
+    def rows_of_the_fusion(self):
+        """``(call, image_of_row, text_of_row)`` of a step with one image encoding, one text encoding and one fusion:
+        the fusion call, and which encoded image and caption each of its rows is."""
+        (call,), (image,), (text,) = self.fusions, self.images, self.texts
+        return call, match_rows(call.args["image_tokens"], image.out), match_rows(call.args["text_tokens"], text.out)
+
     @staticmethod
     def _recorder(method, log):
         signature = inspect.signature(method)

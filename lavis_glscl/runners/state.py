@@ -83,9 +83,8 @@ class CheckpointState:
             old.unlink()
 
     def _load_checkpoint(self, url_or_filename):
-        """Restore the full training state; returns ``(start_epoch, start_iter)``."""
-        if not os.path.isfile(url_or_filename):
-            raise ConfigError(f"run.resume_ckpt_path {url_or_filename} does not exist")
+        """Restore the full training state; returns ``(start_epoch, start_iter)`` (``RunOptions`` checked that the file
+        exists)."""
         checkpoint = read_checkpoint(url_or_filename)
         self._check_same_architecture(url_or_filename, checkpoint)
         self.unwrap_dist_model(self.model).load_state_dict(checkpoint["model"])

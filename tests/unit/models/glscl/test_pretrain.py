@@ -416,11 +416,7 @@ def test_itm_hard_negatives_fuse_3b_rows_the_first_b_positive(tiny):
     batch_size = 6
     batch = tiny_batch(batch_size=batch_size, seed=6)
     out = model(batch)
-    (call,) = trace.fusions
-    (image,) = trace.images
-    (text,) = trace.texts
-    image_of_row = match_rows(call.args["image_tokens"], image.out)
-    text_of_row = match_rows(call.args["text_tokens"], text.out)
+    call, image_of_row, text_of_row = trace.rows_of_the_fusion()
     rows = torch.arange(batch_size)
     assert torch.equal(image_of_row[:batch_size], rows) and torch.equal(text_of_row[:batch_size], rows)
     assert torch.equal(text_of_row[batch_size:2 * batch_size], rows)  # own caption, hard negative image

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import Trace, loss_values, loss_with_bonus, match_rows, tiny_batch
+from helpers import Trace, loss_values, loss_with_bonus, tiny_batch
 
 from lavis_glscl.models.glscl import GlsclPretrain, GlsclRetrieval
 
@@ -85,11 +85,7 @@ def test_rank_loss_scores_the_own_caption_as_candidate_0_and_targets_it(tiny):
     trace = Trace(model)
     batch = tiny_batch(batch_size=batch_size, seed=7)
     out = model(batch)
-    (call,) = trace.fusions
-    (image,) = trace.images
-    (text,) = trace.texts
-    image_of_row = match_rows(call.args["image_tokens"], image.out)
-    text_of_row = match_rows(call.args["text_tokens"], text.out)
+    call, image_of_row, text_of_row = trace.rows_of_the_fusion()
     pairs = 1 + negatives
     rows = torch.arange(batch_size * pairs)
     own = image_of_row == text_of_row
