@@ -34,6 +34,21 @@ def unknown_keys_error(where: str, unknown, known, cls=None) -> ConfigError:
     return ConfigError(f"unknown option(s) {hints}; {listing}")
 
 
+def check_ranges(block, shares=(), probabilities=(), positive=(), non_negative=()) -> None:
+    """ValueError naming every field of the dataclass ``block`` out of its range: ``shares`` (of patches or words
+    masked) in [0, 1), ``probabilities`` in (0, 1], ``positive`` (temperatures) above 0, ``non_negative`` (weights)
+    at least 0."""
+    wrong = [f"{name} must be in [0, 1), got {getattr(block, name)}" for name in shares
+             if not 0.0 <= getattr(block, name) < 1.0]
+    wrong += [f"{name} must be in (0, 1], got {getattr(block, name)}" for name in probabilities
+              if not 0.0 < getattr(block, name) <= 1.0]
+    wrong += [f"{name} must be > 0, got {getattr(block, name)}" for name in positive if not getattr(block, name) > 0]
+    wrong += [f"{name} must be >= 0, got {getattr(block, name)}" for name in non_negative
+              if not getattr(block, name) >= 0]
+    if wrong:
+        raise ValueError("; ".join(wrong))
+
+
 def describe(annotation) -> str:
     """A declared type in words: ``int`` → "an integer", ``Optional[float]`` → "a number or null"."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)

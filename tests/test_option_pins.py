@@ -4,7 +4,8 @@
 from the typed blocks themselves (``dataclasses.fields``, recursively), so an option added without a pin fails here, as
 does a pin whose test was renamed, moved or no longer names its option.  Names: ``model.<field>`` for GLSCL's
 ``GlsclConfig`` and the checkpoint keys every model takes, ``run.<key>`` for the ``run`` block (``RetrievalOptions`` and
-``PlateauRule`` are read from it), ``albef_glscl_pretrain:model.<field>`` for ALBEF + GLSCL's ``CompletionWeights``,
+``PlateauRule`` are read from it), ``albef_glscl_pretrain:model.<field>`` for ALBEF + GLSCL's ``CompletionOptions``,
+``matching_dual_encoder:model.<field>`` for the dual encoder's ``DualEncoderConfig``,
 and ``matching.<kind>.<name>.<option>`` for the options a matching part is built with (``matching.build``).
 """
 import ast
@@ -19,7 +20,9 @@ UNIT = "tests/unit"
 GLSCL = f"{UNIT}/models/glscl"
 RUNNER = f"{UNIT}/runners/test_runner.py"
 
-SIZES = f"{GLSCL}/test_base.py::test_tower_and_fusion_size_options_build_modules_of_those_sizes"
+SIZES = f"{GLSCL}/test_base.py::test_tower_size_options_build_towers_of_those_sizes"
+FUSION_SIZES = f"{GLSCL}/test_base.py::test_fusion_size_options_and_itc_temperature_build_modules_of_those_sizes"
+DUAL = f"{UNIT}/models/baselines/test_dual_encoder.py"
 TEXT_DIRECTORY = (f"{GLSCL}/test_base.py::"
                   "test_text_path_names_the_local_directory_whose_weights_load_only_when_pretrained")
 COMPLETION = (f"{GLSCL}/test_pretrain.py::"
@@ -44,18 +47,20 @@ SIMILARITY = f"{UNIT}/matching/test_similarity.py"
 SCAN = f"{SIMILARITY}::test_scan_direction_and_its_lambdas_by_hand"
 CHUNKS = f"{SIMILARITY}::test_chunk_size_scores_that_many_images_per_chunk"
 
+VISION_OPTIONS = ("image_size", "patch_size", "width", "layers", "heads", "max_frames", "mlp_ratio", "activation",
+                  "temporal_init")
+
 OPTION_PINS = {
     # GlsclConfig: the towers, the fusion and the ITC heads
-    **{f"model.vision.{name}": SIZES for name in ("image_size", "patch_size", "width", "layers", "heads",
-                                                   "max_frames", "mlp_ratio", "activation", "temporal_init")},
+    **{f"model.vision.{name}": SIZES for name in VISION_OPTIONS},
     "model.text.path": TEXT_DIRECTORY,
     "model.text.pretrained": TEXT_DIRECTORY,
     "model.text.config_overrides": SIZES,
     "model.text.max_length": SIZES,
-    **{f"model.fusion.{name}": SIZES for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
+    **{f"model.fusion.{name}": FUSION_SIZES for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size",
                                                    "dropout")},
     "model.embed_dim": SIZES,
-    "model.itc_temperature": SIZES,
+    "model.itc_temperature": FUSION_SIZES,
     "model.vision_init.path": f"{UNIT}/test_serialization.py::"
                               "test_an_openai_clip_torchscript_archive_loads_through_vision_init_to_torchs_own_tensors",
     "model.vision_init.format": f"{UNIT}/models/test_weights.py::"
@@ -118,6 +123,20 @@ OPTION_PINS = {
     **{f"albef_glscl_pretrain:model.loss_weights.{name}": f"{UNIT}/models/baselines/test_albef_glscl.py::"
         "test_completion_objectives_add_to_albef_and_train_every_parameter"
        for name in ("mgsc", "mltc")},
+    **{f"albef_glscl_pretrain:model.{name}": f"{UNIT}/models/baselines/test_albef_glscl.py::"
+        "test_completion_mask_ratios_and_temperature_follow_their_options"
+       for name in ("mgsc_image_mask_ratio", "mgsc_text_mask_ratio", "completion_temperature")},
+    # the matching toolkit's dual encoder
+    **{f"matching_dual_encoder:model.{name}": SIZES
+       for name in (*(f"vision.{name}" for name in VISION_OPTIONS), "text.config_overrides", "text.max_length",
+                    "embed_dim", "freeze")},
+    "matching_dual_encoder:model.text.path": TEXT_DIRECTORY,
+    "matching_dual_encoder:model.text.pretrained": TEXT_DIRECTORY,
+    "matching_dual_encoder:model.loss": f"{DUAL}::test_dual_encoder_trains_with_every_loss",
+    "matching_dual_encoder:model.loss_options": f"{DUAL}::test_dual_encoder_loss_is_the_toolkit_loss_on_cosines_with_"
+                                                "its_own_options",
+    **{f"matching_dual_encoder:model.{name}": f"{DUAL}::test_dual_encoder_scores_add_the_weighted_head_to_the_cosines"
+       for name in ("similarity_head", "similarity_head_options", "head_weight")},
     # the run block
     "run.task": f"{RUNNER}::test_run_task_and_runner_name_the_registered_classes_that_are_built",
     "run.runner": f"{RUNNER}::test_run_task_and_runner_name_the_registered_classes_that_are_built",
@@ -234,13 +253,15 @@ def typed_options() -> set:
 
     from lavis_glscl import matching
     from lavis_glscl.models.base import CHECKPOINT_KEYS
-    from lavis_glscl.models.baselines.albef_glscl import CompletionWeights
+    from lavis_glscl.models.baselines.albef_glscl import CompletionOptions
+    from lavis_glscl.models.baselines.dual_encoder import DualEncoderConfig
     from lavis_glscl.models.glscl.config import GlsclConfig
     from lavis_glscl.models.scoring import RetrievalOptions
     from lavis_glscl.runners.options import RunOptions
 
     options = {*walk(GlsclConfig, "model."), *(f"model.{key}" for key in CHECKPOINT_KEYS)}
-    options |= set(walk(CompletionWeights, "albef_glscl_pretrain:model.loss_weights."))
+    options |= set(walk(CompletionOptions, "albef_glscl_pretrain:model."))
+    options |= set(walk(DualEncoderConfig, "matching_dual_encoder:model."))
     options |= {name for name in walk(RunOptions, "run.") if name.split(".")[1] not in NOT_LAVIS_GLSCL_RUN_KEYS}
     options |= set(walk(RetrievalOptions, "run."))  # the run keys the scorer reads: one name with the run's
     for module in pkgutil.iter_modules(matching.__path__):

@@ -13,8 +13,8 @@ Parts are chosen by name and configured by name (``loss_options: {vse++: {margin
 LAVIS merges default and run yamls key by key, so switching ``loss: vse++`` never inherits another loss's
 options.
 """
-from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,10 +25,12 @@ from transformers.modeling_outputs import ModelOutput
 from lavis_glscl.distributed import all_gather_no_grad, all_gather_with_grad
 from lavis_glscl.matching import build
 from lavis_glscl.models.base import ConfiguredModel
+from lavis_glscl.models.glscl.config import TextConfig, VisionConfig
 from lavis_glscl.models.layers.text_encoder import TextBatch, build_text_encoder, tokenize
 from lavis_glscl.models.layers.vision_transformer import VisionTransformer, visual_input
 from lavis_glscl.models.scoring import encode_gallery_texts, encode_gallery_visuals
 from lavis_glscl.paths import config_path
+from lavis_glscl.typed_options import build_dataclass
 
 
 @dataclass
@@ -40,6 +42,37 @@ class MatchingOutput(ModelOutput):
     loss_head: Optional[torch.Tensor] = None
 
 
+@dataclass
+class DualEncoderConfig:
+    """``matching_dual_encoder``'s ``model`` block: GLSCL's tower blocks (``vision``, ``text``), the shared embedding
+    width, and the matching loss and similarity head by name, each part's options under its own name.  Every part
+    named, chosen or configured, is built once here, so a misspelled part or option fails when the config is read."""
+
+    vision: VisionConfig
+    text: TextConfig
+    embed_dim: int = 256
+    loss: str = "infonce"
+    loss_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    similarity_head: Optional[str] = None
+    similarity_head_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    head_weight: float = 1.0
+    freeze: List[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        for kind, chosen, blocks in (("loss", self.loss, self.loss_options),
+                                     ("similarity_head", self.similarity_head, self.similarity_head_options)):
+            for name in dict.fromkeys([chosen, *blocks] if chosen else blocks):
+                try:
+                    build(kind, name, **blocks.get(name, {}))
+                except TypeError as error:  # an option the part does not take
+                    raise ValueError(f"{kind}_options.{name}: {error}") from None
+
+    def part(self, kind: str):
+        """The chosen loss or similarity head with its options bound (None: no head)."""
+        name = getattr(self, kind)
+        return build(kind, name, **getattr(self, f"{kind}_options").get(name, {})) if name else None
+
+
 @registry.register_model("matching_dual_encoder")
 class MatchingDualEncoder(ConfiguredModel):
     PRETRAINED_MODEL_CONFIG_DICT = {
@@ -47,22 +80,27 @@ class MatchingDualEncoder(ConfiguredModel):
         "tiny": config_path("models/matching_dual_encoder/tiny.yaml"),
     }
 
-    def __init__(self, vision: dict, text: dict, embed_dim: int = 256, loss: str = "infonce",
-                 loss_options: Optional[Dict[str, dict]] = None, similarity_head: Optional[str] = None,
-                 similarity_head_options: Optional[Dict[str, dict]] = None, head_weight: float = 1.0,
-                 freeze: Optional[List[str]] = None):
+    @classmethod
+    def typed_options(cls, options: Mapping) -> DualEncoderConfig:
+        return build_dataclass(DualEncoderConfig, options, "model")
+
+    @classmethod
+    def build(cls, options: Mapping) -> "MatchingDualEncoder":
+        return cls(cls.typed_options(options))
+
+    def __init__(self, config: DualEncoderConfig):
         super().__init__()
-        text = dict(text)
-        self.max_text_length = int(text.pop("max_length", 50))
-        self.vision_transformer = VisionTransformer(**vision)
-        self.text_transformer, self.tokenizer = build_text_encoder(**text)
-        self.vision_proj = nn.Linear(self.vision_transformer.width, embed_dim)
-        self.text_proj = nn.Linear(self.text_transformer.config.hidden_size, embed_dim)
-        self.loss_fn = build("loss", loss, **(loss_options or {}).get(loss, {}))
-        self.head_fn = (build("similarity_head", similarity_head,
-                              **(similarity_head_options or {}).get(similarity_head, {})) if similarity_head else None)
-        self.head_weight = float(head_weight)
-        self.freeze(freeze or [])
+        self.config = config
+        self.max_text_length = config.text.max_length
+        self.vision_transformer = VisionTransformer(**vars(config.vision))
+        self.text_transformer, self.tokenizer = build_text_encoder(config.text.path, config.text.pretrained,
+                                                                   config.text.config_overrides)
+        self.vision_proj = nn.Linear(self.vision_transformer.width, config.embed_dim)
+        self.text_proj = nn.Linear(self.text_transformer.config.hidden_size, config.embed_dim)
+        self.loss_fn = config.part("loss")
+        self.head_fn = config.part("similarity_head")
+        self.head_weight = config.head_weight
+        self.freeze(config.freeze)
 
     @property
     def device(self) -> torch.device:

@@ -11,7 +11,7 @@ from typing import Dict, List, Literal, Mapping, Optional
 
 from lavis_glscl.models.glscl.group_contrast import GroupContrast
 from lavis_glscl.paths import config_path
-from lavis_glscl.typed_options import build_dataclass
+from lavis_glscl.typed_options import build_dataclass, check_ranges
 
 # The sizes every GLSCL model comes in (each model adds the types of its own recipes)
 SIZE_CONFIGS = {
@@ -39,9 +39,7 @@ class LossWeights:
     rank: float = 0.0
 
     def __post_init__(self):
-        negative = [f.name for f in fields(self) if getattr(self, f.name) < 0]
-        if negative:
-            raise ValueError(f"loss_weights {negative} must be >= 0")
+        check_ranges(self, non_negative=[f.name for f in fields(self)])
 
     @property
     def active(self) -> List[str]:
@@ -150,6 +148,9 @@ class GlsclConfig:
     def __post_init__(self):
         if self.itm_negatives not in ITM_NEGATIVES:
             raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {self.itm_negatives!r}")
+        check_ranges(self, shares=("mgsc_image_mask_ratio", "mgsc_text_mask_ratio", "mltc_image_mask_ratio"),
+                     probabilities=("mlm_probability",),
+                     positive=("itc_temperature", "mgsc_temperature", "mltc_temperature"))
 
     @classmethod
     def from_options(cls, options: Mapping) -> "GlsclConfig":

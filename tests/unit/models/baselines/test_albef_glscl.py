@@ -20,7 +20,7 @@ def test_zero_completion_weights_give_lavis_albef_pretraining_exactly(albef):
 
     from lavis_glscl.models.baselines.albef_glscl import CompletionWeights
 
-    albef.loss_weights = CompletionWeights()
+    albef.completion.loss_weights = CompletionWeights()
     lavis_copy = copy.deepcopy(albef)  # ALBEF's forward moves its queues and momentum encoders
     samples = albef_batch()
     torch.manual_seed(1)
@@ -53,12 +53,50 @@ def test_kept_patch_encoding_with_every_patch_equals_lavis_vit(albef):
     assert encode_kept_patches(vit, images, some).shape == (2, 4, 32)
 
 
-def test_unknown_completion_objective_is_refused(lavis_glscl):
+def test_completion_mask_ratios_and_temperature_follow_their_options(tiny, monkeypatch):
+    """mgsc_image_mask_ratio 0.75 keeps 4 of 16 patches (0.8 would keep 3); mgsc_text_mask_ratio 0 masks one word per
+    caption (0.4 draws more in every caption of 3+ words); completion_temperature 1e4 flattens every completion
+    logit, so each completion loss is twice (both directions) the log of its number of candidates (8 captions, 8
+    masked words)."""
+    import math
+
+    from lavis_glscl.models.baselines import albef_glscl
+
+    seen = {}
+    kept_encoding, text_mask = albef_glscl.encode_kept_patches, albef_glscl.mgsc_text_mask
+
+    def spy_kept(*args):
+        seen["dropped"] = kept_encoding(*args)
+        return seen["dropped"]
+
+    def spy_mask(*args):
+        seen["masked"] = text_mask(*args)
+        return seen["masked"]
+
+    monkeypatch.setattr(albef_glscl, "encode_kept_patches", spy_kept)
+    monkeypatch.setattr(albef_glscl, "mgsc_text_mask", spy_mask)
+    model = tiny("albef_glscl_pretrain", mgsc_image_mask_ratio=0.75, mgsc_text_mask_ratio=0.0,
+                 completion_temperature=1e4)
+    output = model(albef_batch())
+    assert seen["dropped"].shape[:2] == (8, 1 + 4)
+    assert seen["masked"].sum(dim=1).tolist() == [1] * 8
+    for name in ("loss_mgsc_text", "loss_mgsc_image", "loss_mltc_text"):
+        assert abs(output[name].item() - 2 * math.log(8)) < 1e-3, name
+
+
+def test_unknown_completion_objective_and_values_out_of_range_are_refused(lavis_glscl):
     from omegaconf import OmegaConf
 
     from lavis_glscl.models.baselines.albef_glscl import AlbefGlsclPretrain
+    from lavis_glscl.typed_options import ConfigError
 
     base = OmegaConf.load(AlbefGlsclPretrain.default_config_path("tiny")).model
     with pytest.raises(ValueError, match=r"unknown option\(s\) model.loss_weights.itc; known in model.loss_weights: "
                                          "mgsc, mltc"):
         AlbefGlsclPretrain.from_config(OmegaConf.merge(base, {"loss_weights": {"itc": 1.0}}))
+    for options, message in [({"loss_weights": {"mltc": -0.2}}, r"model.loss_weights: mltc must be >= 0, got -0.2"),
+                             ({"mgsc_image_mask_ratio": 1.0}, r"mgsc_image_mask_ratio must be in \[0, 1\), got 1.0"),
+                             ({"mgsc_text_mask_ratio": -0.1}, r"mgsc_text_mask_ratio must be in \[0, 1\), got -0.1"),
+                             ({"completion_temperature": 0}, r"completion_temperature must be > 0, got 0")]:
+        with pytest.raises(ConfigError, match=message):  # refused before anything is built
+            AlbefGlsclPretrain.check_options(OmegaConf.merge(base, options))

