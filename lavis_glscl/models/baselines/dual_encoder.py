@@ -59,18 +59,22 @@ class DualEncoderConfig:
     freeze: List[str] = field(default_factory=list)
 
     def __post_init__(self):
-        for kind, chosen, blocks in (("loss", self.loss, self.loss_options),
-                                     ("similarity_head", self.similarity_head, self.similarity_head_options)):
+        for kind in ("loss", "similarity_head"):
+            chosen, blocks = getattr(self, kind), getattr(self, f"{kind}_options")
             for name in dict.fromkeys([chosen, *blocks] if chosen else blocks):
-                try:
-                    build(kind, name, **blocks.get(name, {}))
-                except TypeError as error:  # an option the part does not take
-                    raise ValueError(f"{kind}_options.{name}: {error}") from None
+                self.built(kind, name)
+
+    def built(self, kind: str, name: str):
+        """The part ``name`` of ``kind`` with its options from ``<kind>_options`` bound."""
+        try:
+            return build(kind, name, **getattr(self, f"{kind}_options").get(name, {}))
+        except TypeError as error:  # an option the part does not take
+            raise ValueError(f"{kind}_options.{name}: {error}") from None
 
     def part(self, kind: str):
         """The chosen loss or similarity head with its options bound (None: no head)."""
         name = getattr(self, kind)
-        return build(kind, name, **getattr(self, f"{kind}_options").get(name, {})) if name else None
+        return self.built(kind, name) if name else None
 
 
 @registry.register_model("matching_dual_encoder")
